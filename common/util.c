@@ -1,5 +1,4 @@
 /* common/util.c: see util.h for the contracts. */
-#define _GNU_SOURCE
 #include "util.h"
 
 #include <errno.h>

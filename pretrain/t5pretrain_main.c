@@ -1,0 +1,409 @@
+/*
+ * pretrain/t5pretrain_main.c: t5pretrain, the training program.
+ *
+ * One process per MPI rank (data parallel; one rank is a plain single-process run). Each step:
+ *   every rank takes its slice of the global batch (batch / ranks sequences), runs forward and
+ *   backward over micro-batches, accumulating gradients of the T5 objective
+ *       sum_t w_t (ce_t + z * logZ_t^2) / (global_batch * dec_len)        (t5-spec.md 5.4)
+ *   then the gradients are summed over ranks (MPI_Allreduce), and every rank applies the same
+ *   optimizer update, so the parameters stay identical on all ranks.
+ * Rank 0 writes RUN_DIR/metrics.jsonl (one JSON line per step) and the progress line, and at the
+ * end RUN_DIR/final/ (Hugging Face config.json + model.safetensors).
+ */
+#include <math.h>
+#include <cblas.h>
+#include <mpi.h>
+#include <omp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ckpt/hf.h"
+#include "common/blas_runtime.h"
+#include "common/util.h"
+#include "data/loader.h"
+#include "data/synthetic.h"
+#include "pretrain/optim.h"
+#include "pretrain/options.h"
+#include "pretrain/t5_config.h"
+#include "pretrain/t5_model.h"
+
+static volatile sig_atomic_t stop_requested = 0;
+static void on_stop_signal(int sig) { (void)sig; stop_requested = 1; }
+
+static int mpi_rank = 0, mpi_world = 1;
+
+/* Print a configuration error once (rank 0) and leave every rank with exit code 2. Every rank
+ * parses the same arguments, so all of them reach this point together: no rank is left waiting. */
+#if defined(__GNUC__)
+__attribute__((noreturn))
+#endif
+static void config_error(const char *msg) {
+    if (mpi_rank == 0) fprintf(stderr, "t5pretrain: error: %s\n", msg);
+    MPI_Finalize();
+    exit(2);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* The step's batch source: the C4 data pipeline or synthetic span-corrupted batches.              */
+
+typedef struct {
+    DataLoader *loader;        /* NULL when synthetic */
+    int synthetic_pieces;      /* synthetic: token ids 3 .. pieces-1 */
+    int sentinel_top;          /* synthetic: id of <extra_id_0> */
+    uint64_t seed;
+} BatchSource;
+
+/* Fill `local` (this rank's rows) for `step`. Returns 0, or 1 when the data is exhausted. */
+static int next_local_batch(BatchSource *src, T5Batch *local, long step, double *wait_s) {
+    *wait_s = 0.0;
+    if (src->loader) {
+        int rc = data_loader_next(src->loader, local, wait_s);
+        if (rc < 0) FATAL("see the data errors above", "rank %d step %ld: the data loader failed", mpi_rank, step);
+        return rc;
+    }
+    synthetic_batch(local, src->synthetic_pieces, src->sentinel_top, src->seed, step, mpi_rank * local->B);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    double ce_sum, z_sum, tokens;
+} StepStats;
+
+static double params_rms(const float *p, size_t n) {
+    double s = 0;
+    #pragma omp parallel for reduction(+:s) schedule(static)
+    for (size_t i = 0; i < n; i++) s += (double)p[i] * p[i];
+    return sqrt(s / (double)(n ? n : 1));
+}
+
+static double grad_l2_norm(const float *g, size_t n) {
+    double s = 0;
+    #pragma omp parallel for reduction(+:s) schedule(static)
+    for (size_t i = 0; i < n; i++) s += (double)g[i] * g[i];
+    return sqrt(s);
+}
+
+static int all_finite(const float *g, size_t n) {
+    int ok = 1;
+    #pragma omp parallel for reduction(&&:ok) schedule(static)
+    for (size_t i = 0; i < n; i++) ok = ok && isfinite(g[i]);
+    return ok;
+}
+
+/* Validation: mean cross-entropy per target token (no z-loss) over eval_batches batches. */
+static double evaluate(T5Model *m, const TrainOptions *o, const DataLoaderConfig *val_cfg,
+                       T5Batch *local, int micro, double *tokens_out) {
+    char err[1024];
+    DataLoader *val = data_loader_open(val_cfg, err, sizeof err);
+    if (!val) FATAL("check --val-data", "rank %d: cannot open validation data: %s", mpi_rank, err);
+    double sums[2] = {0, 0};
+    for (int b = 0; b < o->eval_batches; b++) {
+        double wait;
+        int rc = data_loader_next(val, local, &wait);
+        if (rc < 0) FATAL("see the data errors above", "rank %d: validation data failed", mpi_rank);
+        if (rc == 1) break;
+        for (int r = 0; r < local->B; r += micro) {
+            T5Batch mb = t5_batch_slice(local, r, micro);
+            T5LossStats st;
+            t5_model_forward(m, &mb, 0.0f, &st);
+            sums[0] += st.ce_sum;
+            sums[1] += (double)st.tokens;
+        }
+    }
+    data_loader_close(val);
+    MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    *tokens_out = sums[1];
+    return sums[1] > 0 ? sums[0] / sums[1] : NAN;
+}
+
+/* Sum a float buffer over all ranks in place, in pieces small enough for MPI's int counts. */
+static void allreduce_sum_floats(float *buf, size_t n) {
+    const size_t piece = (size_t)1 << 28;
+    for (size_t off = 0; off < n; off += piece) {
+        size_t len = n - off < piece ? n - off : piece;
+        MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)len, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    }
+}
+
+static void format_eta(double seconds, char *buf, size_t n) {
+    if (!isfinite(seconds) || seconds < 0) { snprintf(buf, n, "?"); return; }
+    long s = (long)seconds;
+    if (s >= 86400) snprintf(buf, n, "%ldd%02ldh", s / 86400, (s % 86400) / 3600);
+    else snprintf(buf, n, "%02ld:%02ld:%02ld", s / 3600, (s % 3600) / 60, s % 60);
+}
+
+static void save_weights(const T5Model *m, const char *run_dir, const char *name) {
+    char dir[1200], err[1024];
+    snprintf(dir, sizeof dir, "%s/%s", run_dir, name);
+    if (hf_save(dir, m, err, sizeof err) != 0)
+        FATAL("check free disk space and permissions of --run-dir", "cannot save weights to %s: %s", dir, err);
+}
+
+int main(int argc, char **argv) {
+    /* Before anything else: OpenBLAS picks its kernel when it loads, so a wrong choice is fixed
+     * by re-executing this program with the right OPENBLAS_CORETYPE (see blas_runtime.h). */
+    blas_runtime_setup(argc, argv, 0, 0);
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &mpi_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &mpi_world);
+
+    TrainOptions o;
+    options_defaults(&o);
+    char err[2048];
+    int prc = options_parse(&o, argc, argv, mpi_rank == 0 ? stdout : stderr, err, sizeof err);
+    if (prc == 1) { MPI_Finalize(); return 0; }
+    if (prc < 0) config_error(err);
+    if (o.list_variants) {
+        if (mpi_rank == 0) t5_variants_print_tsv(stdout);
+        MPI_Finalize();
+        return 0;
+    }
+    if (options_validate(&o, mpi_world, err, sizeof err)) config_error(err);
+
+    T5Config cfg;
+    if (t5_config_from_variant(o.variant, &cfg, err, sizeof err)) config_error(err);
+    if (!strcmp(o.t5_version, "1.1")) { cfg.ffn = T5_FFN_GATED_GELU; cfg.tied_embedding = 0; }
+
+    int threads = o.threads;
+    if (threads <= 0) {
+        const char *env = getenv("OMP_NUM_THREADS");
+        threads = env && atoi(env) > 0 ? atoi(env) : (int)sysconf(_SC_NPROCESSORS_ONLN) / mpi_world;
+        if (threads < 1) threads = 1;
+    }
+    omp_set_num_threads(threads);
+    openblas_set_num_threads(threads);
+
+    const int local_rows = o.batch / mpi_world;
+    const int micro = o.micro_batch ? o.micro_batch : local_rows;
+
+    /* Data: every rank opens the streams of its own rows only. */
+    BatchSource src = {0};
+    src.seed = (uint64_t)o.seed;
+    char **files = NULL, **val_files = NULL;
+    int n_files = 0, n_val_files = 0;
+    DataLoaderConfig val_cfg;
+    memset(&val_cfg, 0, sizeof val_cfg);
+    if (!o.synthetic) {
+        if (data_expand_globs(o.data, &files, &n_files, err, sizeof err)) config_error(err);
+        DataLoaderConfig dc = {0};
+        dc.files = (const char **)files;
+        dc.n_files = n_files;
+        dc.spm_model = o.spm;
+        dc.seed = (uint64_t)o.seed;
+        dc.global_batch = o.batch;
+        dc.n_streams = o.batch;
+        dc.rank = mpi_rank;
+        dc.world = mpi_world;
+        dc.enc_len = o.enc_len;
+        dc.dec_len = o.dec_len;
+        dc.prefetch = o.prefetch;
+        dc.max_epochs = o.max_epochs;
+        src.loader = data_loader_open(&dc, err, sizeof err);
+        if (!src.loader) config_error(err);
+        cfg.vocab_size = data_loader_vocab_size(src.loader);
+        if (o.val_data[0]) {
+            if (data_expand_globs(o.val_data, &val_files, &n_val_files, err, sizeof err)) config_error(err);
+            val_cfg = dc;
+            val_cfg.files = (const char **)val_files;
+            val_cfg.n_files = n_val_files;
+            val_cfg.prefetch = 0;
+            val_cfg.max_epochs = 1;
+            val_cfg.seed = (uint64_t)o.seed + 1;
+        }
+    } else {
+        src.synthetic_pieces = cfg.vocab_size - 128;   /* 32000 for T5's 32128 rows */
+        src.sentinel_top = src.synthetic_pieces + 99;
+    }
+    if (t5_config_validate(&cfg, err, sizeof err)) config_error(err);
+
+    /* Model and optimizer. Same seed on every rank: identical initial parameters. */
+    T5Model model;
+    t5_model_build(&model, &cfg);
+    t5_model_init_weights(&model, (uint64_t)o.seed);
+
+    OptimConfig oc;
+    optim_config_defaults(&oc, !strcmp(o.optimizer, "adamw") ? OPTIM_ADAMW : OPTIM_ADAFACTOR);
+    oc.schedule = !strcmp(o.lr_schedule, "cosine") ? LR_COSINE : LR_RSQRT;
+    oc.lr = o.lr;
+    oc.warmup_steps = o.warmup_steps;
+    oc.min_lr = o.min_lr;
+    oc.total_steps = o.steps;
+    oc.weight_decay = o.weight_decay;
+    OptimTensor *otensors = xcalloc((size_t)model.num_tensors, sizeof *otensors);
+    for (int i = 0; i < model.num_tensors; i++) {
+        const T5Tensor *t = &model.tensors[i];
+        otensors[i].offset = t->offset;
+        otensors[i].numel = t->numel;
+        otensors[i].rows = t->ndim == 2 ? t->shape[0] : (int)t->numel;
+        otensors[i].cols = t->ndim == 2 ? t->shape[1] : 0;
+    }
+    Optimizer *opt = optim_create(&oc, otensors, model.num_tensors, model.num_params);
+
+    const int Le = o.enc_len, Ld = o.dec_len;
+    const double step_flops = t5_model_flops_per_step(&cfg, o.batch, Le, Ld);
+    const size_t act_bytes = t5_model_activation_bytes(&cfg, micro, Le, Ld);
+    const size_t param_bytes = model.num_params * sizeof(float);
+    const size_t opt_bytes = optim_state_bytes(opt);
+    const size_t estimate = 2 * param_bytes + opt_bytes + act_bytes;
+
+    double peak_gflops = 0, gemm_s = 0;
+    peak_gflops = blas_measure_sgemm_gflops(1024, threads, 5, &gemm_s);
+
+    if (mpi_rank == 0) {
+        printf("t5pretrain: %s | el %d dl %d d_model %d d_ff %d heads %d d_kv %d vocab %d | %zu params (%.2fM)\n",
+               cfg.name, cfg.n_enc_layers, cfg.n_dec_layers, cfg.d_model, cfg.d_ff, cfg.n_heads, cfg.d_kv,
+               cfg.vocab_size, model.num_params, model.num_params / 1e6);
+        printf("t5pretrain: %d rank(s) x %d thread(s); global batch %d = %d rank(s) x %d micro-batch(es) x %d; "
+               "lengths %d/%d; %s, %s lr; %s\n",
+               mpi_world, threads, o.batch, mpi_world, local_rows / micro, micro, Le, Ld, o.optimizer,
+               o.lr_schedule, o.synthetic ? "synthetic data" : "C4 data");
+        printf("t5pretrain: BLAS %s\n", blas_runtime_describe());
+        printf("t5pretrain: memory estimate per rank %.1f MiB = params %.1f + grads %.1f + optimizer %.1f + "
+               "activations %.1f (micro-batch %d)\n",
+               estimate / 1048576.0, param_bytes / 1048576.0, param_bytes / 1048576.0, opt_bytes / 1048576.0,
+               act_bytes / 1048576.0, micro);
+        printf("t5pretrain: %.3f TFLOP per step (t5-spec section 8); sgemm peak measured now: %.1f GFLOP/s per rank\n",
+               step_flops / 1e12, peak_gflops);
+        fflush(stdout);
+    }
+    if (o.dry_run) {
+        optim_free(opt);
+        free(otensors);
+        t5_model_free(&model);
+        if (src.loader) data_loader_close(src.loader);
+        MPI_Finalize();
+        return 0;
+    }
+
+    FILE *metrics = NULL;
+    if (mpi_rank == 0) {
+        if (mkdir_p(o.run_dir) != 0)
+            FATAL("choose a writable --run-dir", "cannot create run directory '%s'", o.run_dir);
+        char path[1200];
+        snprintf(path, sizeof path, "%s/metrics.jsonl", o.run_dir);
+        metrics = xfopen(path, "a");
+        snprintf(path, sizeof path, "%s/config.txt", o.run_dir);
+        FILE *cf = xfopen(path, "w");
+        options_print(&o, cf);
+        fclose(cf);
+    }
+
+    signal(SIGINT, on_stop_signal);
+    signal(SIGTERM, on_stop_signal);
+    signal(SIGUSR1, on_stop_signal);
+
+    T5Batch local;
+    t5_batch_alloc(&local, local_rows, Le, Ld);
+    const float loss_scale = 1.0f / (float)((double)o.batch * Ld);
+    const double t_start = now_seconds();
+    long tokens_total = 0;
+    long step = 0;
+    int exhausted = 0;
+    for (step = 0; step < o.steps; step++) {
+        /* A stop request becomes a collective decision at the step boundary. */
+        int stop = stop_requested;
+        MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        if (stop) break;
+
+        double t0 = now_seconds(), wait_s;
+        int rc = next_local_batch(&src, &local, step, &wait_s);
+        MPI_Allreduce(MPI_IN_PLACE, &rc, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        if (rc == 1) { exhausted = 1; break; }
+
+        t5_model_zero_grad(&model);
+        StepStats ss = {0, 0, 0};
+        for (int r = 0; r < local_rows; r += micro) {
+            T5Batch mb = t5_batch_slice(&local, r, micro);
+            T5LossStats st;
+            t5_model_forward(&model, &mb, (float)o.z_loss, &st);
+            t5_model_backward(&model, loss_scale);
+            ss.ce_sum += st.ce_sum;
+            ss.z_sum += st.z_sum;
+            ss.tokens += (double)st.tokens;
+        }
+        if (mpi_world > 1) {
+            allreduce_sum_floats(model.grads, model.num_params);
+            MPI_Allreduce(MPI_IN_PLACE, &ss, 3, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+        }
+        if (!all_finite(model.grads, model.num_params))
+            FATAL("lower the learning rate, or report the batch (t5data dump-batch --step S)",
+                  "rank %d step %ld: non-finite gradient; the update was not applied", mpi_rank, step);
+        double gnorm = grad_l2_norm(model.grads, model.num_params);
+        double lr = optim_step(opt, model.params, model.grads, step);
+        double t1 = now_seconds();
+
+        double step_s = t1 - t0;
+        long tokens = (long)o.batch * Le;
+        tokens_total += tokens;
+        double objective = (ss.ce_sum + o.z_loss * ss.z_sum) / ((double)o.batch * Ld);
+        double ce_tok = ss.tokens > 0 ? ss.ce_sum / ss.tokens : NAN;
+        double z_tok = ss.tokens > 0 ? o.z_loss * ss.z_sum / ss.tokens : NAN;
+        double gflops = step_flops / step_s / 1e9;
+        double mfu = peak_gflops > 0 ? gflops / (peak_gflops * mpi_world) : 0;
+        double elapsed = t1 - t_start;
+
+        double val_loss = NAN, val_tokens = 0;
+        if (o.eval_every > 0 && ((step + 1) % o.eval_every == 0 || step + 1 == o.steps))
+            val_loss = evaluate(&model, &o, &val_cfg, &local, micro, &val_tokens);
+
+        if (mpi_rank == 0) {
+            fprintf(metrics,
+                    "{\"step\": %ld, \"loss\": %.6f, \"ce\": %.6f, \"z_loss\": %.6f, \"lr\": %.8g, "
+                    "\"grad_norm\": %.6g, \"param_rms\": %.6g, \"tokens\": %ld, \"target_tokens\": %.0f, "
+                    "\"tokens_per_s\": %.1f, \"gflops\": %.2f, \"mfu\": %.4f, \"step_s\": %.4f, "
+                    "\"data_wait_s\": %.4f, \"elapsed_s\": %.3f",
+                    step + 1, objective, ce_tok, z_tok, lr, gnorm, params_rms(model.params, model.num_params),
+                    tokens_total, ss.tokens, tokens / step_s, gflops, mfu, step_s, wait_s, elapsed);
+            if (!isnan(val_loss))
+                fprintf(metrics, ", \"val_loss\": %.6f, \"val_neg_log_perplexity\": %.6f, \"val_tokens\": %.0f",
+                        val_loss, -val_loss, val_tokens);
+            fprintf(metrics, "}\n");
+            fflush(metrics);
+            if ((step + 1) % o.log_every == 0 || step + 1 == o.steps || !isnan(val_loss)) {
+                char eta[32];
+                format_eta(elapsed / (double)(step + 1) * (double)(o.steps - step - 1), eta, sizeof eta);
+                printf("step %ld/%ld | loss %.4f | ce/token %.4f | lr %.3g | grad norm %.3g | %.0f tok/s | "
+                       "%.1f GFLOP/s | MFU %.1f%% | data wait %.0f ms | ETA %s",
+                       step + 1, o.steps, objective, ce_tok, lr, gnorm, tokens / step_s, gflops, 100 * mfu,
+                       1000 * wait_s, eta);
+                if (!isnan(val_loss)) printf(" | val loss %.4f", val_loss);
+                printf("\n");
+                fflush(stdout);
+            }
+            if (o.save_every > 0 && (step + 1) % o.save_every == 0 && step + 1 < o.steps) {
+                char name[64];
+                snprintf(name, sizeof name, "weights_step_%08ld", step + 1);
+                save_weights(&model, o.run_dir, name);
+            }
+        }
+    }
+
+    if (mpi_rank == 0) {
+        if (stop_requested) printf("t5pretrain: stop requested; stopping after step %ld\n", step);
+        if (exhausted) printf("t5pretrain: training data exhausted after step %ld (see --max-epochs)\n", step);
+        if (src.loader) data_loader_print_stats(src.loader, stdout);
+        save_weights(&model, o.run_dir, "final");
+        printf("t5pretrain: wrote %s/final (config.json + model.safetensors); metrics in %s/metrics.jsonl\n",
+               o.run_dir, o.run_dir);
+        printf("t5pretrain: peak RSS %.1f MiB (estimate %.1f MiB)\n", peak_rss_bytes() / 1048576.0,
+               estimate / 1048576.0);
+        fsync(fileno(metrics));
+        fclose(metrics);
+    }
+
+    t5_batch_free(&local);
+    optim_free(opt);
+    free(otensors);
+    t5_model_free(&model);
+    if (src.loader) data_loader_close(src.loader);
+    for (int i = 0; i < n_files; i++) free(files[i]);
+    free(files);
+    for (int i = 0; i < n_val_files; i++) free(val_files[i]);
+    free(val_files);
+    MPI_Finalize();
+    return 0;
+}
