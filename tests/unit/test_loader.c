@@ -1,0 +1,428 @@
+/*
+ * tests/unit/test_loader.c: deterministic streams, rank slicing, cursor resume, epochs, prefetch.
+ *
+ * Uses the sample corpus (data/sample, run from the repository root) and small generated .json
+ * fixtures. Expected values come from independent computation (tokenizing the fixture documents
+ * directly, rebuilding pieces from examples) or from comparing two configurations that must
+ * agree (world sizes, prefetch on/off, resumed vs uninterrupted).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../../common/util.h"
+#include "../../data/loader.h"
+#include "../../data/span.h"
+#include "../../data/spm.h"
+#include "../../pretrain/t5_batch.h"
+#include "test.h"
+
+#define SPM "data/sample/spiece.model"
+#define SAMPLE "data/sample/c4-train.*.json.gz"
+
+static char fixdir[256];
+static char **fix_files;
+static int n_fix;
+
+/* Record of a batch: all seven arrays concatenated. */
+static size_t batch_ints(const T5Batch *b) { return (size_t)b->B * (3 * (size_t)b->Le + 4 * (size_t)b->Ld); }
+
+static void batch_record(const T5Batch *b, int32_t *dst) {
+    size_t ne = (size_t)b->B * b->Le, nd = (size_t)b->B * b->Ld;
+    memcpy(dst, b->enc_ids, ne * 4); dst += ne;
+    memcpy(dst, b->enc_seg, ne * 4); dst += ne;
+    memcpy(dst, b->enc_pos, ne * 4); dst += ne;
+    memcpy(dst, b->dec_in_ids, nd * 4); dst += nd;
+    memcpy(dst, b->labels, nd * 4); dst += nd;
+    memcpy(dst, b->dec_seg, nd * 4); dst += nd;
+    memcpy(dst, b->dec_pos, nd * 4);
+}
+
+static DataLoader *open_or_fail(char **files, int nf, int B, int K, int rank, int world, int Le,
+                                int Ld, int prefetch, int epochs, uint64_t seed) {
+    DataLoaderConfig c;
+    data_loader_config_default(&c);
+    c.files = (const char **)files; c.n_files = nf; c.spm_model = SPM; c.seed = seed;
+    c.global_batch = B; c.n_streams = K; c.rank = rank; c.world = world;
+    c.enc_len = Le; c.dec_len = Ld; c.prefetch = prefetch; c.max_epochs = epochs;
+    char err[1024];
+    DataLoader *dl = data_loader_open(&c, err, sizeof err);
+    CHECKF(dl != NULL, "open: %s", err);
+    return dl;
+}
+
+/* Run n batches of the GLOBAL batch by running `world` loaders and concatenating their rows
+ * (row-major arrays, so concatenation per array). Returns a malloc'ed [n][7 arrays] record. */
+static int32_t *run_world(char **files, int nf, int B, int K, int world, int Le, int Ld, int n,
+                          int prefetch) {
+    T5Batch g;
+    t5_batch_alloc(&g, B, Le, Ld);
+    size_t per = batch_ints(&g);
+    int32_t *rec = xcalloc(per * (size_t)n, sizeof(int32_t));
+    DataLoader **dl = xcalloc((size_t)world, sizeof *dl);
+    for (int r = 0; r < world; r++) {
+        dl[r] = open_or_fail(files, nf, B, K, r, world, Le, Ld, prefetch, 0, 77);
+        if (!dl[r]) goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        for (int r = 0; r < world; r++) {
+            T5Batch v = t5_batch_slice(&g, r * B / world, B / world);
+            T5Batch own;
+            t5_batch_alloc(&own, B / world, Le, Ld);
+            int rc = data_loader_next(dl[r], &own, NULL);
+            CHECKF(rc == 0, "rank %d batch %d: rc %d %s", r, i, rc, data_loader_error(dl[r]));
+            size_t ne = (size_t)own.B * Le * 4, nd = (size_t)own.B * Ld * 4;
+            memcpy(v.enc_ids, own.enc_ids, ne); memcpy(v.enc_seg, own.enc_seg, ne);
+            memcpy(v.enc_pos, own.enc_pos, ne); memcpy(v.dec_in_ids, own.dec_in_ids, nd);
+            memcpy(v.labels, own.labels, nd); memcpy(v.dec_seg, own.dec_seg, nd);
+            memcpy(v.dec_pos, own.dec_pos, nd);
+            t5_batch_free(&own);
+        }
+        batch_record(&g, rec + per * (size_t)i);
+    }
+out:
+    for (int r = 0; r < world; r++) data_loader_close(dl[r]);
+    free(dl);
+    t5_batch_free(&g);
+    return rec;
+}
+
+static void test_world_invariance(void) {
+    char **files; int nf; char err[512];
+    if (data_expand_globs(SAMPLE, &files, &nf, err, sizeof err) != 0) { CHECKF(0, "%s", err); return; }
+    int n = test_quick() ? 2 : 3;
+    /* B = 8, K = 8 over 4 files (streams share files); real lengths 512/128 */
+    int32_t *w1 = run_world(files, nf, 8, 0, 1, 512, 128, n, 0);
+    T5Batch t; t5_batch_alloc(&t, 8, 512, 128);
+    size_t per = batch_ints(&t);
+    for (int w = 2; w <= 4; w *= 2) {
+        int32_t *ww = run_world(files, nf, 8, 0, w, 512, 128, n, 0);
+        CHECKF(memcmp(w1, ww, per * n * 4) == 0, "world %d differs from world 1", w);
+        free(ww);
+    }
+    /* the rows are distinct (streams differ) and full rows are 512 / 114 real tokens */
+    int full = 0;
+    for (int r = 0; r < 8; r++) {
+        const int32_t *es = w1 + (size_t)r * 512, *seg_d = w1 + 3 * 8 * 512 + 2 * 8 * 128 + r * 128;
+        int ne = 0, nd = 0;
+        for (int i = 0; i < 512; i++) ne += es[i] != 0;
+        for (int i = 0; i < 128; i++) nd += seg_d[i] != 0;
+        full += ne == 512 && nd == 114;
+        for (int q = 0; q < r; q++) CHECK(memcmp(w1 + (size_t)q * 512, es, 512 * 4) != 0);
+    }
+    CHECKF(full >= 6, "only %d of 8 rows hold a full 512/114 example", full);
+    free(w1);
+    t5_batch_free(&t);
+    /* K = 2 < B = 8: streams own several rows, ranks discard the rows of others */
+    t5_batch_alloc(&t, 8, 128, 32);
+    per = batch_ints(&t);
+    int32_t *a = run_world(files, nf, 8, 2, 1, 128, 32, n, 0);
+    int32_t *b = run_world(files, nf, 8, 2, 4, 128, 32, n, 0);
+    CHECKF(memcmp(a, b, per * n * 4) == 0, "K=2: world 4 differs from world 1");
+    free(a); free(b);
+    t5_batch_free(&t);
+    data_free_files(files, nf);
+}
+
+static void test_prefetch_identical(void) {
+    char **files; int nf; char err[512];
+    if (data_expand_globs(SAMPLE, &files, &nf, err, sizeof err) != 0) { CHECKF(0, "%s", err); return; }
+    int n = test_quick() ? 4 : 10;
+    T5Batch t; t5_batch_alloc(&t, 4, 128, 32);
+    size_t per = batch_ints(&t);
+    int32_t *a = run_world(files, nf, 4, 0, 1, 128, 32, n, 0);
+    int32_t *b = run_world(files, nf, 4, 0, 1, 128, 32, n, 3);
+    CHECK(memcmp(a, b, per * n * 4) == 0);
+    /* and the cursor after k batches is the same, whatever ran ahead */
+    DataLoader *d0 = open_or_fail(files, nf, 4, 0, 0, 1, 128, 32, 0, 0, 77);
+    DataLoader *d1 = open_or_fail(files, nf, 4, 0, 0, 1, 128, 32, 2, 0, 77);
+    if (d0 && d1) {
+        for (int i = 0; i < 3; i++) { data_loader_next(d0, &t, NULL); data_loader_next(d1, &t, NULL); }
+        size_t l0, l1;
+        char *c0 = data_loader_cursor_save(d0, &l0), *c1 = data_loader_cursor_save(d1, &l1);
+        CHECK(l0 == l1 && memcmp(c0, c1, l0) == 0);
+        free(c0); free(c1);
+    }
+    data_loader_close(d0); data_loader_close(d1);
+    free(a); free(b);
+    t5_batch_free(&t);
+    data_free_files(files, nf);
+}
+
+/* Fixture: 3 small .json files of generated English-like documents, with one bad JSON line,
+ * one empty text and one whitespace-only text in the second file. */
+static const char *words_[] = { "the", "data", "model", "stream", "of", "and", "pretraining",
+    "cluster", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "token", "span", "noise",
+    "sentinel", "batch", "shard", "resume", "epoch", "cursor", "file", "reader", "value" };
+
+static int make_fixtures(void) {
+    snprintf(fixdir, sizeof fixdir, "/tmp/t5loader.XXXXXX");
+    if (!mkdtemp(fixdir)) return -1;
+    Rng r = rng_make(11, 11);
+    for (int f = 0; f < 3; f++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/fix-%d.json", fixdir, f);
+        FILE *fp = fopen(path, "w");
+        if (!fp) return -1;
+        int ndocs = 9 + 3 * f;
+        for (int d = 0; d < ndocs; d++) {
+            if (f == 1 && d == 2) fputs("{\"text\": broken\n", fp);
+            if (f == 1 && d == 4) fputs("{\"text\": \"\", \"url\": \"u\"}\n", fp);
+            if (f == 1 && d == 6) fputs("{\"text\": \"   \", \"url\": \"u\"}\n", fp);
+            fputs("{\"text\": \"", fp);
+            int nw = 5 + (int)rng_next_below(&r, d % 4 == 0 ? 400 : 60);
+            for (int w = 0; w < nw; w++)
+                fprintf(fp, "%s%s", w ? " " : "", words_[rng_next_below(&r, sizeof words_ / sizeof *words_)]);
+            fprintf(fp, ".\", \"url\": \"https://x/%d/%d\", \"timestamp\": \"2019-04-25T12:57:54Z\"}\n", f, d);
+        }
+        fclose(fp);
+    }
+    char err[512], glob[300];
+    snprintf(glob, sizeof glob, "%s/fix-*.json", fixdir);
+    return data_expand_globs(glob, &fix_files, &n_fix, err, sizeof err);
+}
+
+static void remove_fixtures(void) {
+    for (int i = 0; i < n_fix; i++) unlink(fix_files[i]);
+    data_free_files(fix_files, n_fix);
+    rmdir(fixdir);
+}
+
+/* Independent reference for K = 1: tokenize the good documents of the fixture files in order. */
+static int32_t *reference_tokens(long *n_out, long *docs_out) {
+    char err[512];
+    SpmTokenizer *spm = spm_open(SPM, err, sizeof err);
+    if (!spm) { CHECKF(0, "%s", err); return NULL; }
+    int32_t *all = NULL, *ids = NULL;
+    size_t cap = 0;
+    long n = 0, docs = 0;
+    for (int f = 0; f < n_fix; f++) {
+        C4Reader *r = c4_reader_open(fix_files[f], NULL, err, sizeof err);
+        if (!r) { CHECKF(0, "%s", err); continue; }
+        C4Document d;
+        while (c4_reader_next(r, &d) == 1) {
+            long k = spm_encode(spm, d.text, d.text_len, &ids, &cap);
+            if (k <= 0) continue;
+            all = xrealloc(all, (size_t)(n + k) * sizeof(int32_t));
+            memcpy(all + n, ids, (size_t)k * sizeof(int32_t));
+            n += k;
+            docs++;
+        }
+        c4_reader_close(r);
+    }
+    free(ids);
+    spm_close(spm);
+    *n_out = n;
+    *docs_out = docs;
+    return all;
+}
+
+/* Rebuild raw pieces from one packed row (inputs + targets interleave back) and append. */
+static long unpack_row(const T5Batch *b, int row, int top, int32_t *out) {
+    const int32_t *ei = b->enc_ids + (size_t)row * b->Le, *es = b->enc_seg + (size_t)row * b->Le;
+    const int32_t *lb = b->labels + (size_t)row * b->Ld, *ds = b->dec_seg + (size_t)row * b->Ld;
+    long m = 0;
+    for (int seg = 1;; seg++) {
+        int e0 = -1, e1 = 0, d0 = -1, d1 = 0;
+        for (int t = 0; t < b->Le; t++) if (es[t] == seg) { if (e0 < 0) e0 = t; e1 = t + 1; }
+        for (int t = 0; t < b->Ld; t++) if (ds[t] == seg) { if (d0 < 0) d0 = t; d1 = t + 1; }
+        if (e0 < 0) break;
+        for (int i = e0; i < e1 - 1; i++) {
+            if (ei[i] > top - 100 && ei[i] <= top) {
+                int j = d0;
+                while (j < d1 && lb[j] != ei[i]) j++;
+                for (j++; j < d1 - 1 && !(lb[j] > top - 100 && lb[j] <= top); j++) out[m++] = lb[j];
+            } else {
+                out[m++] = ei[i];
+            }
+        }
+    }
+    return m;
+}
+
+static void test_epochs_and_content(void) {
+    long nref, docs;
+    int32_t *ref = reference_tokens(&nref, &docs);
+    if (!ref) return;
+    for (int epochs = 1; epochs <= 2; epochs++) {
+        DataLoader *dl = open_or_fail(fix_files, n_fix, 1, 1, 0, 1, 128, 32, 0, epochs, 5);
+        if (!dl) break;
+        T5Batch b;
+        t5_batch_alloc(&b, 1, 128, 32);
+        int32_t *got = xmalloc((size_t)(nref * epochs + 1000) * sizeof(int32_t));
+        long m = 0;
+        int rc, batches = 0;
+        while ((rc = data_loader_next(dl, &b, NULL)) == 0 && m < nref * epochs) {
+            m += unpack_row(&b, 0, data_loader_sentinel_top(dl), got + m);
+            batches++;
+        }
+        CHECKF(rc == 1, "epochs=%d: rc %d after %d batches (%s)", epochs, rc, batches,
+               data_loader_error(dl));
+        CHECK(data_loader_next(dl, &b, NULL) == 1);     /* exhaustion is sticky */
+        /* fewer than 128 documents: one group per epoch, so the pieces rebuild the concatenation
+         * of all documents, in file order in epoch 0 */
+        CHECK_EQ_INT(m, nref * epochs);
+        if (m >= nref) CHECK(memcmp(got, ref, (size_t)nref * 4) == 0);
+        DataLoaderStats st;
+        data_loader_get_stats(dl, &st);
+        CHECK_EQ_INT(st.docs_used, docs * epochs);
+        CHECK_EQ_INT(st.tokens, nref * epochs);
+        CHECK_EQ_INT(st.pieces, epochs * ((nref + 140) / 141));   /* helper(128) = 141 */
+        CHECKF(st.bad[C4_BAD_JSON] == epochs && st.bad[C4_EMPTY_TEXT] == epochs,
+               "bad json %ld empty %ld", st.bad[C4_BAD_JSON], st.bad[C4_EMPTY_TEXT]);
+        free(got);
+        t5_batch_free(&b);
+        data_loader_close(dl);
+    }
+    free(ref);
+}
+
+/* Save after every batch i, restore into a fresh loader and compare the following batches with
+ * the uninterrupted run; the run crosses several epoch boundaries. */
+static void test_cursor_resume(void) {
+    const int B = 4, K = 2, Le = 128, Ld = 32, N = test_quick() ? 16 : 40, AHEAD = 3;
+    DataLoader *dl = open_or_fail(fix_files, n_fix, B, K, 0, 1, Le, Ld, 2, 0, 9);
+    if (!dl) return;
+    T5Batch b;
+    t5_batch_alloc(&b, B, Le, Ld);
+    size_t per = batch_ints(&b);
+    int32_t *rec = xcalloc(per * (N + AHEAD), sizeof(int32_t));
+    char **cur = xcalloc(N + AHEAD, sizeof(char *));
+    size_t *len = xcalloc(N + AHEAD, sizeof(size_t));
+    long *used = xcalloc(N + AHEAD, sizeof(long));
+    DataLoaderStats st;
+    for (int i = 0; i < N + AHEAD; i++) {
+        cur[i] = data_loader_cursor_save(dl, &len[i]);
+        data_loader_get_stats(dl, &st);
+        used[i] = st.docs_used;
+        CHECK(data_loader_next(dl, &b, NULL) == 0);
+        batch_record(&b, rec + per * i);
+    }
+    int reached = 0;      /* the restore points must span several epoch boundaries */
+    for (int i = 0; i < N; i++) reached |= strstr(cur[i], "\"epoch\":2") != NULL;
+    CHECKF(reached, "the run should reach epoch 2: %.300s", cur[N - 1]);
+    data_loader_get_stats(dl, &st);
+    long used_total = st.docs_used;
+    data_loader_close(dl);
+    int bad = 0, retok = 0;
+    int32_t *tmp = xcalloc(per, sizeof(int32_t));
+    for (int i = 0; i < N; i++) {
+        DataLoader *d2 = open_or_fail(fix_files, n_fix, B, K, 0, 1, Le, Ld, i % 2, 0, 9);
+        if (!d2) break;
+        char err[512];
+        if (data_loader_cursor_restore(d2, cur[i], len[i], err, sizeof err) != 0) {
+            CHECKF(0, "restore %d: %s", i, err);
+            data_loader_close(d2);
+            break;
+        }
+        CHECK_EQ_INT(data_loader_batches(d2), i);
+        for (int j = i; j < N + AHEAD; j++) {
+            if (data_loader_next(d2, &b, NULL) != 0) { bad++; break; }
+            batch_record(&b, tmp);
+            if (memcmp(tmp, rec + per * j, per * 4) != 0) { bad++; break; }
+        }
+        data_loader_get_stats(d2, &st);
+        if (st.docs_used != used_total - used[i]) retok++;   /* tokenized only what was new */
+        data_loader_close(d2);
+    }
+    CHECKF(bad == 0, "%d resumed runs differ from the uninterrupted one", bad);
+    CHECKF(retok == 0, "%d resumed runs re-tokenized consumed documents", retok);
+    /* a cursor of another run is refused */
+    DataLoader *d3 = open_or_fail(fix_files, n_fix, B, K, 0, 1, Le, Ld, 0, 0, 10);
+    char err[512] = "";
+    if (d3) {
+        CHECK(data_loader_cursor_restore(d3, cur[3], len[3], err, sizeof err) == -1);
+        CHECK(strstr(err, "seed") != NULL);
+        CHECK(data_loader_cursor_restore(d3, "{not json", 9, err, sizeof err) == -1);
+    }
+    data_loader_close(d3);
+    for (int i = 0; i < N + AHEAD; i++) free(cur[i]);
+    free(cur); free(len); free(used); free(rec); free(tmp);
+    t5_batch_free(&b);
+}
+
+/* Cursors of 2 ranks merged resume a 1-rank run identically. */
+static void test_cursor_merge_reshard(void) {
+    const int B = 4, Le = 128, Ld = 32;
+    T5Batch g, h;
+    t5_batch_alloc(&g, B, Le, Ld);
+    t5_batch_alloc(&h, B / 2, Le, Ld);
+    DataLoader *r0 = open_or_fail(fix_files, n_fix, B, 0, 0, 2, Le, Ld, 0, 0, 3);
+    DataLoader *r1 = open_or_fail(fix_files, n_fix, B, 0, 1, 2, Le, Ld, 0, 0, 3);
+    DataLoader *one = open_or_fail(fix_files, n_fix, B, 0, 0, 1, Le, Ld, 0, 0, 3);
+    if (!r0 || !r1 || !one) goto out;
+    for (int i = 0; i < 5; i++) { data_loader_next(r0, &h, NULL); data_loader_next(r1, &h, NULL); }
+    size_t l[2];
+    char *c[2] = { data_loader_cursor_save(r0, &l[0]), data_loader_cursor_save(r1, &l[1]) };
+    char err[512];
+    size_t ml;
+    char *m = data_cursor_merge((const char *const *)c, l, 2, &ml, err, sizeof err);
+    CHECKF(m != NULL, "%s", err);
+    CHECK(data_loader_cursor_restore(one, c[0], l[0], err, sizeof err) == -1);  /* missing streams */
+    if (m) CHECKF(data_loader_cursor_restore(one, m, ml, err, sizeof err) == 0, "%s", err);
+    DataLoader *ref = open_or_fail(fix_files, n_fix, B, 0, 0, 1, Le, Ld, 0, 0, 3);
+    if (ref) {
+        CHECK(data_loader_skip(ref, 5) == 0);
+        for (int i = 0; i < 3; i++) {
+            CHECK(data_loader_next(ref, &g, NULL) == 0);
+            T5Batch x;
+            t5_batch_alloc(&x, B, Le, Ld);
+            CHECK(data_loader_next(one, &x, NULL) == 0);
+            CHECK(memcmp(g.enc_ids, x.enc_ids, (size_t)B * Le * 4) == 0);
+            CHECK(memcmp(g.labels, x.labels, (size_t)B * Ld * 4) == 0);
+            CHECK(memcmp(g.dec_seg, x.dec_seg, (size_t)B * Ld * 4) == 0);
+            t5_batch_free(&x);
+        }
+    }
+    data_loader_close(ref);
+    free(c[0]); free(c[1]); free(m);
+out:
+    data_loader_close(r0); data_loader_close(r1); data_loader_close(one);
+    t5_batch_free(&g); t5_batch_free(&h);
+}
+
+static void test_config_errors(void) {
+    DataLoaderConfig c;
+    data_loader_config_default(&c);
+    char err[512] = "";
+    c.files = (const char **)fix_files; c.n_files = n_fix; c.spm_model = SPM;
+    c.global_batch = 6; c.n_streams = 4;
+    CHECK(data_loader_open(&c, err, sizeof err) == NULL && strstr(err, "divide"));
+    c.n_streams = 0; c.world = 4;
+    CHECK(data_loader_open(&c, err, sizeof err) == NULL && strstr(err, "world"));
+    c.world = 1; c.enc_len = 512; c.dec_len = 64;
+    CHECK(data_loader_open(&c, err, sizeof err) == NULL && strstr(err, "114"));
+    c.dec_len = 128;
+    const char *missing[] = { "/nonexistent/c4-x.json.gz" };
+    c.files = missing; c.n_files = 1;
+    CHECK(data_loader_open(&c, err, sizeof err) == NULL && strstr(err, "/nonexistent/c4-x.json.gz"));
+    char **f; int n;
+    CHECK(data_expand_globs("/nonexistent/*.json.gz", &f, &n, err, sizeof err) == -1);
+    CHECK(strstr(err, "/nonexistent/*.json.gz") != NULL);
+    char g[900];
+    snprintf(g, sizeof g, "%s/fix-1.json,%s/fix-*.json,%s/fix-0.json", fixdir, fixdir, fixdir);
+    CHECK(data_expand_globs(g, &f, &n, err, sizeof err) == 0);
+    if (n == 3) {
+        CHECK(strcmp(f[0], fix_files[0]) == 0 && strstr(f[0], "fix-0") && strstr(f[2], "fix-2"));
+    } else {
+        CHECK_EQ_INT(n, 3);
+    }
+    data_free_files(f, n);
+}
+
+int main(void) {
+    if (access(SPM, R_OK) != 0) {
+        printf("FAIL setup: %s not found (run from the repository root)\n", SPM);
+        return 1;
+    }
+    if (make_fixtures() != 0) { printf("FAIL setup: cannot write fixtures in /tmp\n"); return 1; }
+    RUN(test_config_errors);
+    RUN(test_epochs_and_content);
+    RUN(test_cursor_resume);
+    RUN(test_cursor_merge_reshard);
+    RUN(test_prefetch_identical);
+    RUN(test_world_invariance);
+    remove_fixtures();
+    return TEST_EXIT();
+}
