@@ -38,10 +38,10 @@ static const OptSpec OPTIONS[] = {
     NUM(OPT_INT, threads, 0, 4096, "threads per rank (0 = OMP_NUM_THREADS or all cores)"),
     NUM(OPT_LONG, seed, 0, 9.2e18, "seed for initialisation and data order"),
     STR(optimizer, "adafactor (T5 recipe) or adamw"),
-    STR(lr_schedule, "rsqrt: lr*1/sqrt(max(step, warmup)) (T5 recipe); cosine: linear warmup then cosine to min-lr"),
-    NUM(OPT_DOUBLE, lr, 0, 1e3, "rsqrt: multiplier (1.0 = T5 recipe); cosine: peak learning rate"),
-    NUM(OPT_LONG, warmup_steps, 0, 1e12, "warm-up steps (rsqrt: the constant phase, 10000 in T5)"),
-    NUM(OPT_DOUBLE, min_lr, 0, 1e3, "cosine: final learning rate"),
+    STR(lr_schedule, "rsqrt: lr/sqrt(max(step, warmup)) (T5 recipe, Adafactor's default); cosine: linear warm-up, cosine to min-lr (AdamW's default)"),
+    NUM(OPT_DOUBLE, lr, 0, 1e3, "rsqrt: multiplier (default 1.0 = T5 recipe); cosine: peak learning rate (default 1e-3)"),
+    NUM(OPT_LONG, warmup_steps, -1, 1e12, "warm-up steps (rsqrt: the constant phase, 10000 in T5; cosine: 1000); -1 = default"),
+    NUM(OPT_DOUBLE, min_lr, -1, 1e3, "cosine: final learning rate (-1 = lr / 10)"),
     NUM(OPT_DOUBLE, weight_decay, 0, 10, "adamw: decoupled weight decay"),
     NUM(OPT_DOUBLE, z_loss, 0, 1, "z-loss coefficient (T5: 1e-4)"),
     NUM(OPT_INT, enc_len, 8, 1 << 16, "encoder length (T5: 512)"),
@@ -66,10 +66,9 @@ void options_defaults(TrainOptions *o) {
     o->micro_batch = 0;
     o->seed = 0;
     snprintf(o->optimizer, sizeof o->optimizer, "adafactor");
-    snprintf(o->lr_schedule, sizeof o->lr_schedule, "rsqrt");
-    o->lr = 1.0;
-    o->warmup_steps = 10000;
-    o->min_lr = 0.0;
+    o->lr = 0;              /* 0: the schedule's default (rsqrt multiplier 1.0, cosine peak 1e-3) */
+    o->warmup_steps = -1;   /* -1: the schedule's default (rsqrt 10000, cosine 1000) */
+    o->min_lr = -1;         /* -1: cosine ends at lr / 10 */
     o->weight_decay = 0.0;
     o->z_loss = 1e-4;
     o->enc_len = 512;
@@ -257,7 +256,7 @@ int options_validate(const TrainOptions *o, int world, char *err, size_t errlen)
         snprintf(err, errlen, "--optimizer must be adafactor or adamw, got '%s'", o->optimizer);
         return -1;
     }
-    if (strcmp(o->lr_schedule, "rsqrt") && strcmp(o->lr_schedule, "cosine")) {
+    if (o->lr_schedule[0] && strcmp(o->lr_schedule, "rsqrt") && strcmp(o->lr_schedule, "cosine")) {
         snprintf(err, errlen, "--lr-schedule must be rsqrt or cosine, got '%s'", o->lr_schedule);
         return -1;
     }

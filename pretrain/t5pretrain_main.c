@@ -11,7 +11,6 @@
  * end RUN_DIR/final/ (Hugging Face config.json + model.safetensors).
  */
 #include <math.h>
-#include <cblas.h>
 #include <mpi.h>
 #include <omp.h>
 #include <signal.h>
@@ -174,8 +173,7 @@ int main(int argc, char **argv) {
         threads = env && atoi(env) > 0 ? atoi(env) : (int)sysconf(_SC_NPROCESSORS_ONLN) / mpi_world;
         if (threads < 1) threads = 1;
     }
-    omp_set_num_threads(threads);
-    openblas_set_num_threads(threads);
+    blas_runtime_set_threads(threads);
 
     const int local_rows = o.batch / mpi_world;
     const int micro = o.micro_batch ? o.micro_batch : local_rows;
@@ -226,13 +224,23 @@ int main(int argc, char **argv) {
     t5_model_init_weights(&model, (uint64_t)o.seed);
 
     OptimConfig oc;
-    optim_config_defaults(&oc, !strcmp(o.optimizer, "adamw") ? OPTIM_ADAMW : OPTIM_ADAFACTOR);
-    oc.schedule = !strcmp(o.lr_schedule, "cosine") ? LR_COSINE : LR_RSQRT;
-    oc.lr = o.lr;
-    oc.warmup_steps = o.warmup_steps;
-    oc.min_lr = o.min_lr;
-    oc.total_steps = o.steps;
+    OptimKind okind = OPTIM_ADAFACTOR;
+    optim_kind_from_string(o.optimizer, &okind);
+    optim_config_default(&oc, okind);
+    if (o.lr_schedule[0]) lr_schedule_kind_from_string(o.lr_schedule, &oc.lr.kind);
+    if (oc.lr.kind == LR_RSQRT) {
+        if (o.lr > 0) oc.lr.multiplier = o.lr;
+        if (o.warmup_steps >= 0) oc.lr.warmup_steps = o.warmup_steps;
+        else if (okind != OPTIM_ADAFACTOR) oc.lr.warmup_steps = 10000;
+    } else {
+        if (o.lr > 0) oc.lr.peak_lr = o.lr;
+        if (o.warmup_steps >= 0) oc.lr.warmup_steps = o.warmup_steps;
+        oc.lr.min_lr = o.min_lr >= 0 ? o.min_lr : oc.lr.peak_lr * 0.1;
+        oc.lr.total_steps = o.steps;
+        if (oc.lr.warmup_steps >= oc.lr.total_steps) oc.lr.warmup_steps = oc.lr.total_steps / 10;
+    }
     oc.weight_decay = o.weight_decay;
+    if (optim_config_validate(&oc, err, sizeof err)) config_error(err);
     OptimTensor *otensors = xcalloc((size_t)model.num_tensors, sizeof *otensors);
     for (int i = 0; i < model.num_tensors; i++) {
         const T5Tensor *t = &model.tensors[i];
@@ -241,13 +249,14 @@ int main(int argc, char **argv) {
         otensors[i].rows = t->ndim == 2 ? t->shape[0] : (int)t->numel;
         otensors[i].cols = t->ndim == 2 ? t->shape[1] : 0;
     }
-    Optimizer *opt = optim_create(&oc, otensors, model.num_tensors, model.num_params);
+    Optim opt_state, *opt = &opt_state;
+    if (optim_init(opt, &oc, otensors, model.num_tensors, model.num_params, err, sizeof err)) config_error(err);
 
     const int Le = o.enc_len, Ld = o.dec_len;
     const double step_flops = t5_model_flops_per_step(&cfg, o.batch, Le, Ld);
     const size_t act_bytes = t5_model_activation_bytes(&cfg, micro, Le, Ld);
     const size_t param_bytes = model.num_params * sizeof(float);
-    const size_t opt_bytes = optim_state_bytes(opt);
+    const size_t opt_bytes = opt->state_numel * sizeof(float);
     const size_t estimate = 2 * param_bytes + opt_bytes + act_bytes;
 
     double peak_gflops = 0, gemm_s = 0;
@@ -260,7 +269,7 @@ int main(int argc, char **argv) {
         printf("t5pretrain: %d rank(s) x %d thread(s); global batch %d = %d rank(s) x %d micro-batch(es) x %d; "
                "lengths %d/%d; %s, %s lr; %s\n",
                mpi_world, threads, o.batch, mpi_world, local_rows / micro, micro, Le, Ld, o.optimizer,
-               o.lr_schedule, o.synthetic ? "synthetic data" : "C4 data");
+               oc.lr.kind == LR_RSQRT ? "rsqrt" : "cosine", o.synthetic ? "synthetic data" : "C4 data");
         printf("t5pretrain: BLAS %s\n", blas_runtime_describe());
         printf("t5pretrain: memory estimate per rank %.1f MiB = params %.1f + grads %.1f + optimizer %.1f + "
                "activations %.1f (micro-batch %d)\n",
