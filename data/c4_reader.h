@@ -39,7 +39,8 @@ typedef struct {
 
 typedef struct {
     size_t max_line_bytes;      /* lines longer than this are C4_TOO_LONG; 0 = default 8 MiB */
-    int report_first;           /* report the first N bad records of each kind; default 3 */
+    int report_first;           /* report the first N bad records of each kind; default 3
+                                   (0 also means 3; a negative value reports none) */
     FILE *report;               /* where reports go; NULL = stderr */
 } C4ReaderOptions;
 
@@ -55,7 +56,8 @@ typedef struct {
 typedef struct C4Reader C4Reader;
 
 /* Open path (opts may be NULL for defaults). Returns NULL if the file cannot be opened or is not
- * a recognised format, with a message naming the file in err. */
+ * a recognised format, with a message naming the file in err. (Any byte stream is recognised as
+ * libarchive "raw", so a file corrupt from its very start opens and counts one C4_TRUNCATED.) */
 C4Reader *c4_reader_open(const char *path, const C4ReaderOptions *opts, char *err, size_t errlen);
 
 /* Deliver the next good document into *doc. Returns 1 if one was delivered, 0 at the end of the

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# End-to-end tests of bin/t5pretrain: variants table, configuration errors, synthetic and real-data
+# training, config files, stop signals, data-parallel equivalence and agreement with t5eval.
+source "$(dirname "$0")/lib.bash"
+cd "$ROOT"
+T=$(tmpdir)
+trap 'rm -rf "$T"' EXIT
+export OMP_NUM_THREADS=1
+DATA='data/sample/c4-train.*.json.gz'
+SPM=data/sample/spiece.model
+# Small lengths keep the real-data runs fast; the synthetic ones use the real 512/114 shapes.
+SMALL=(--variant tiny-nl2 --enc-len 128 --dec-len 32 --threads 1)
+
+field() {  # field FILE LINE KEY: a number from line LINE of a metrics file
+    /usr/bin/python3 -c "import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[int(sys.argv[2])-1])[sys.argv[3]])" "$@"
+}
+
+# --- variants table -------------------------------------------------------------------------
+out=$("$BIN/t5pretrain" --list-variants)
+rows=$(echo "$out" | tail -n +2 | wc -l)
+if [ "$(echo "$out" | head -1)" = $'name\tel\tdl\tdm\tff\tkv\tnh\tparams' ] && [ "$rows" -ge 100 ]; then
+    pass list_variants_header_and_rows
+else fail list_variants_header_and_rows "header '$(echo "$out" | head -1)', $rows rows"; fi
+if echo "$out" | grep -qP '^t5-efficient-small-el16-dl8\t16\t8\t512\t2048\t64\t8\t100365824$'; then
+    pass list_variants_small_el16_dl8
+else fail list_variants_small_el16_dl8 "row missing or wrong"; fi
+
+# --- configuration errors stop before any work ------------------------------------------------
+expect_config_error() {  # name, expected message part, args...
+    local name=$1 want=$2; shift 2
+    local msg rc
+    msg=$("$BIN/t5pretrain" "$@" --run-dir "$T/err_$name" 2>&1); rc=$?
+    if [ "$rc" -eq 2 ] && echo "$msg" | grep -q -- "$want" && [ ! -e "$T/err_$name" ]; then pass "config_error_$name"
+    else fail "config_error_$name" "rc=$rc, message: $msg"; fi
+}
+expect_config_error unknown_variant "nearest" --variant smal --synthetic
+expect_config_error no_data "no training data" --variant tiny
+expect_config_error micro_batch "micro-batch" --variant tiny --synthetic --batch 4 --micro-batch 3
+expect_config_error bad_number "expects a number" --variant tiny --synthetic --steps ten
+expect_config_error unknown_option "unknown option" --variant tiny --synthetic --stepz 3
+expect_config_error bad_optimizer "adafactor or adamw" --variant tiny --synthetic --optimizer sgd
+expect_config_error missing_files "c4-nothing" --variant tiny --data 'data/sample/c4-nothing*' --spm "$SPM"
+expect_config_error missing_spm "nope.model" --variant tiny --data "$DATA" --spm "$T/nope.model"
+echo "steps = 3" > "$T/bad.conf"; echo "warp_drive = 9" >> "$T/bad.conf"
+expect_config_error config_file_line "bad.conf:2" --config "$T/bad.conf" --variant tiny --synthetic
+
+# --- synthetic training: real shapes, metrics, weights ----------------------------------------
+"$BIN/t5pretrain" --variant tiny-nl2 --synthetic --batch 2 --steps 3 --threads 1 --run-dir "$T/syn" >"$T/syn.log" 2>&1
+rc=$?
+lines=$(wc -l < "$T/syn/metrics.jsonl" 2>/dev/null || echo 0)
+if [ "$rc" -eq 0 ] && [ "$lines" -eq 3 ] && [ -s "$T/syn/final/model.safetensors" ] && [ -s "$T/syn/final/config.json" ]; then
+    pass synthetic_run_writes_metrics_and_weights
+else fail synthetic_run_writes_metrics_and_weights "rc=$rc lines=$lines: $(tail -3 "$T/syn.log")"; fi
+if /usr/bin/python3 - "$T/syn/metrics.jsonl" <<'EOF'
+import json, math, sys
+need = ["step", "loss", "z_loss", "lr", "grad_norm", "tokens", "tokens_per_s", "gflops", "mfu", "elapsed_s", "data_wait_s", "ce"]
+rows = [json.loads(l) for l in open(sys.argv[1])]
+assert [r["step"] for r in rows] == [1, 2, 3], rows
+for r in rows:
+    for k in need:
+        assert k in r and math.isfinite(r[k]), (k, r)
+assert rows[0]["tokens"] == 2 * 512 and rows[2]["tokens"] == 3 * 2 * 512
+assert abs(rows[0]["lr"] - 0.01) < 1e-12
+# a fresh full-vocabulary model starts near ln(32128) + 0.5 = 10.9 nats per token (t5-spec 10.8)
+assert abs(rows[0]["ce"] - 10.9) < 0.3, rows[0]["ce"]
+EOF
+then pass synthetic_metrics_fields; else fail synthetic_metrics_fields "see the assertion above"; fi
+grep -q "memory estimate per rank" "$T/syn.log" && grep -q "BLAS OpenBLAS" "$T/syn.log" \
+    && pass start_banner_reports_memory_and_blas || fail start_banner_reports_memory_and_blas "$(head -5 "$T/syn.log")"
+
+# --- config file, overridden by flags ------------------------------------------------------------
+cat > "$T/run.conf" <<EOF
+# a config file: the same names as the flags
+variant = tiny-nl2
+synthetic = true
+batch = 2
+steps = 5
+threads = 1
+EOF
+"$BIN/t5pretrain" --config "$T/run.conf" --steps 2 --run-dir "$T/conf" >"$T/conf.log" 2>&1
+if [ "$(wc -l < "$T/conf/metrics.jsonl")" -eq 2 ] && grep -q '^steps = 2$' "$T/conf/config.txt"; then
+    pass config_file_with_flag_override
+else fail config_file_with_flag_override "$(tail -3 "$T/conf.log")"; fi
+
+# --- real data: the loss goes down ------------------------------------------------------------
+"$BIN/t5pretrain" "${SMALL[@]}" --data "$DATA" --spm "$SPM" --batch 8 --steps 40 --run-dir "$T/real" \
+    --val-data 'data/sample/c4-validation.*.json.gz' --eval-every 20 --eval-batches 1 >"$T/real.log" 2>&1
+if /usr/bin/python3 - "$T/real/metrics.jsonl" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+assert len(rows) == 40, len(rows)
+first = sum(r["ce"] for r in rows[:5]) / 5
+last = sum(r["ce"] for r in rows[-5:]) / 5
+print("ce first 5 steps %.3f, last 5 steps %.3f" % (first, last))
+assert last < first - 1.0, (first, last)
+vals = [r for r in rows if "val_loss" in r]
+assert [r["step"] for r in vals] == [20, 40], vals
+assert vals[1]["val_loss"] < vals[0]["val_loss"] + 0.5
+EOF
+then pass real_data_loss_decreases_and_validation_logged
+else fail real_data_loss_decreases_and_validation_logged "$(tail -3 "$T/real.log")"; fi
+
+# --- the trainer's first loss equals t5eval's on the batch t5data dumps for step 0 --------------
+"$BIN/t5pretrain" "${SMALL[@]}" --data "$DATA" --spm "$SPM" --batch 4 --steps 1 --seed 11 --lr 1e-30 \
+    --run-dir "$T/one" >"$T/one.log" 2>&1
+"$BIN/t5data" dump-batch --data "$DATA" --spm "$SPM" --batch 4 --seed 11 --step 0 --enc-len 128 --dec-len 32 \
+    --out "$T/batch0" >"$T/dump.log" 2>&1
+ev=$("$BIN/t5eval" --model "$T/one/final" --batch "$T/batch0" --threads 1 2>"$T/eval.log")
+if /usr/bin/python3 - "$T/one/metrics.jsonl" "$ev" <<'EOF'
+import json, sys
+train = json.loads(open(sys.argv[1]).readline())
+ev = json.loads(sys.argv[2])
+print("trainer ce %.7f, t5eval loss %.7f, tokens %s vs %s" % (train["ce"], ev["loss"], train["target_tokens"], ev["tokens"]))
+assert train["target_tokens"] == ev["tokens"]
+assert abs(train["ce"] - ev["loss"]) <= 2e-5 * abs(ev["loss"])
+EOF
+then pass trainer_loss_equals_t5eval
+else fail trainer_loss_equals_t5eval "eval: $ev $(tail -2 "$T/eval.log") $(tail -2 "$T/dump.log")"; fi
+
+# --- data parallel: 2 ranks give the single-process run -----------------------------------------
+"$BIN/t5pretrain" "${SMALL[@]}" --data "$DATA" --spm "$SPM" --batch 4 --steps 3 --seed 5 --run-dir "$T/dp1" >"$T/dp1.log" 2>&1
+mpirun --oversubscribe -np 2 -x OMP_NUM_THREADS=1 "$BIN/t5pretrain" "${SMALL[@]}" --data "$DATA" --spm "$SPM" \
+    --batch 4 --steps 3 --seed 5 --run-dir "$T/dp2" >"$T/dp2.log" 2>&1
+if /usr/bin/python3 - "$T/dp1/metrics.jsonl" "$T/dp2/metrics.jsonl" <<'EOF'
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+assert len(a) == len(b) == 3, (len(a), len(b))
+for x, y in zip(a, b):
+    print("step %d: 1 rank loss %.7f grad_norm %.6g | 2 ranks loss %.7f grad_norm %.6g" % (x["step"], x["loss"], x["grad_norm"], y["loss"], y["grad_norm"]))
+    assert x["target_tokens"] == y["target_tokens"]
+    # only the summation order differs (two partial sums instead of one)
+    assert abs(x["loss"] - y["loss"]) <= 1e-5 * abs(x["loss"])
+    assert abs(x["grad_norm"] - y["grad_norm"]) <= 1e-4 * abs(x["grad_norm"])
+EOF
+then pass data_parallel_2_ranks_equal_1_rank
+else fail data_parallel_2_ranks_equal_1_rank "$(tail -3 "$T/dp2.log")"; fi
+
+# --- a stop signal ends the run at a step boundary and still writes the weights ------------------
+"$BIN/t5pretrain" "${SMALL[@]}" --synthetic --enc-len 512 --dec-len 128 --batch 1 --steps 100000 \
+    --run-dir "$T/sig" >"$T/sig.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 600); do
+    [ -s "$T/sig/metrics.jsonl" ] && break
+    sleep 0.1
+done
+kill -TERM "$pid"
+wait "$pid"; rc=$?
+lines=$(wc -l < "$T/sig/metrics.jsonl" 2>/dev/null || echo 0)
+if [ "$rc" -eq 0 ] && [ "$lines" -ge 1 ] && [ "$lines" -lt 100000 ] && [ -s "$T/sig/final/model.safetensors" ] \
+   && grep -q "stop requested" "$T/sig.log"; then
+    pass sigterm_stops_cleanly
+else fail sigterm_stops_cleanly "rc=$rc lines=$lines $(tail -3 "$T/sig.log")"; fi
