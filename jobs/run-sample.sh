@@ -24,5 +24,5 @@ mpirun "${mpi_flags[@]}" -x OMP_NUM_THREADS="$THREADS" bin/t5pretrain \
     --variant "$VARIANT" --data 'data/sample/c4-train.*.json.gz' --spm data/sample/spiece.model \
     --val-data 'data/sample/c4-validation.*.json.gz' --eval-every 20 --eval-batches 2 \
     --batch "$BATCH" --steps "$STEPS" --enc-len "$ENC_LEN" --dec-len "$DEC_LEN" \
-    --threads "$THREADS" --run-dir "$RUN_DIR" --log-every 5 ${EXTRA:-}
+    --threads "$THREADS" --run-dir "$RUN_DIR" --log-every 5 --save-every 20 ${EXTRA:-}
 echo "run: metrics: $RUN_DIR/metrics.jsonl ($(wc -l < "$RUN_DIR/metrics.jsonl") lines); weights: $RUN_DIR/final/"
