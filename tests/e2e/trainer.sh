@@ -153,3 +153,19 @@ if [ "$rc" -eq 0 ] && [ "$lines" -ge 1 ] && [ "$lines" -lt 100000 ] && [ -s "$T/
    && grep -q "stop requested" "$T/sig.log"; then
     pass sigterm_stops_cleanly
 else fail sigterm_stops_cleanly "rc=$rc lines=$lines $(tail -3 "$T/sig.log")"; fi
+
+# --- gradient accumulation: 4 micro-batches of 1 give the step of one batch of 4 ----------------
+"$BIN/t5pretrain" "${SMALL[@]}" --data "$DATA" --spm "$SPM" --batch 4 --micro-batch 1 --steps 3 --seed 5 \
+    --run-dir "$T/acc" >"$T/acc.log" 2>&1
+if /usr/bin/python3 - "$T/dp1/metrics.jsonl" "$T/acc/metrics.jsonl" <<'EOF2'
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+assert len(a) == len(b) == 3, (len(a), len(b))
+for x, y in zip(a, b):
+    print("step %d: batch 4 loss %.7f | 4 x micro-batch 1 loss %.7f" % (x["step"], x["loss"], y["loss"]))
+    assert abs(x["loss"] - y["loss"]) <= 1e-5 * abs(x["loss"])
+    assert abs(x["grad_norm"] - y["grad_norm"]) <= 1e-4 * abs(x["grad_norm"])
+EOF2
+then pass gradient_accumulation_equals_full_batch
+else fail gradient_accumulation_equals_full_batch "$(tail -3 "$T/acc.log")"; fi
