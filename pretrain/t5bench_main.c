@@ -1,0 +1,332 @@
+/*
+ * pretrain/t5bench_main.c: bin/t5bench, speed and memory of one training configuration, measured
+ * in ONE process so that MFU is relative to the sgemm peak of the same run.
+ *
+ *   t5bench [--variant NAME] [--batch B] [--enc-len Le] [--dec-len Ld] [--steps N] [--warmup W]
+ *           [--threads T] [--gemm-n N] [--gemm-reps R] [--seed S] [--no-optimizer] [--gemm-only]
+ *
+ * Measures
+ *   (a) the sgemm peak: median of R calls of an N^3 product (default 2048^3, R = 5);
+ *   (b) W warm-up then N timed training steps on synthetic span-corrupted batches: zero_grad,
+ *       forward, backward, Adafactor update. Reports the median step time (and the phases), encoder
+ *       tokens/s (B*Le / step), target tokens/s, achieved GFLOP/s by t5_model_flops_per_step
+ *       (t5-spec.md section 8), MFU = achieved / measured peak, and peak RSS against an analytical
+ *       estimate (params + grads + optimizer state + t5_model_activation_bytes).
+ * Human-readable lines go to stdout; the LAST line of stdout is one JSON object with every number
+ * (tests/bench.sh reads it).
+ */
+#include <cblas.h>    /* openblas_get_corename */
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/blas_runtime.h"
+#include "common/util.h"
+#include "data/synthetic.h"
+#include "pretrain/optim.h"
+#include "pretrain/t5_batch.h"
+#include "pretrain/t5_config.h"
+#include "pretrain/t5_model.h"
+
+typedef struct {
+    char variant[128];
+    int B, Le, Ld, steps, warmup, threads, gemm_n, gemm_reps, optimizer, gemm_only;
+    long seed;
+    const char *gemm_dump;   /* directory, or NULL */
+} BenchOptions;
+
+static void usage_(FILE *f) {
+    fprintf(f,
+            "usage: t5bench [options]\n"
+            "  --variant NAME    model variant (default t5-efficient-small)\n"
+            "  --batch B         micro-batch rows (default 8)\n"
+            "  --enc-len Le      encoder length (default 512)\n"
+            "  --dec-len Ld      decoder length, 114 (real targets) or 128 (packed) (default 128)\n"
+            "  --steps N         timed steps (default 5)\n"
+            "  --warmup W        untimed warm-up steps (default 1)\n"
+            "  --threads T       OpenBLAS/OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
+            "  --gemm-n N        sgemm peak problem size N^3 (default 2048)\n"
+            "  --gemm-reps R     sgemm timed calls, median reported (default 5)\n"
+            "  --seed S          weights and batches seed (default 1)\n"
+            "  --no-optimizer    time forward + backward only\n"
+            "  --gemm-only       only the sgemm peak (no model)\n"
+            "  --gemm-dump DIR   also write a fixed product C = A B (float32 files A.f32 B.f32\n"
+            "                    C.f32, sizes in dims.txt as 'M K N') to compare kernels\n"
+            "environment: T5_BLAS_CORETYPE=auto|off|NAME (see common/blas_runtime.h)\n");
+}
+
+/* Parse a positive int option value; exit(2) with a message naming the option otherwise. */
+static int parse_pos_int_(const char *opt, const char *v, int allow_zero) {
+    char *end = NULL;
+    long x = v ? strtol(v, &end, 10) : 0;
+    if (!v || *v == '\0' || *end != '\0' || x < (allow_zero ? 0 : 1) || x > 1000000000L) {
+        fprintf(stderr, "t5bench: %s needs a %s integer, got '%s'\n", opt,
+                allow_zero ? "non-negative" : "positive", v ? v : "(missing)");
+        exit(2);
+    }
+    return (int)x;
+}
+
+static void parse_args_(BenchOptions *o, int argc, char **argv) {
+    snprintf(o->variant, sizeof o->variant, "t5-efficient-small");
+    o->B = 8; o->Le = 512; o->Ld = 128; o->steps = 5; o->warmup = 1; o->threads = 0;
+    o->gemm_n = 2048; o->gemm_reps = 5; o->optimizer = 1; o->gemm_only = 0; o->seed = 1;
+    o->gemm_dump = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage_(stdout); exit(0); }
+        else if (!strcmp(a, "--no-optimizer")) o->optimizer = 0;
+        else if (!strcmp(a, "--gemm-only")) o->gemm_only = 1;
+        else if (!strcmp(a, "--variant")) {
+            if (!v) { fprintf(stderr, "t5bench: --variant needs a name\n"); exit(2); }
+            snprintf(o->variant, sizeof o->variant, "%s", v); i++;
+        }
+        else if (!strcmp(a, "--gemm-dump")) {
+            if (!v) { fprintf(stderr, "t5bench: --gemm-dump needs a directory\n"); exit(2); }
+            o->gemm_dump = v; i++;
+        }
+        else if (!strcmp(a, "--batch")) { o->B = parse_pos_int_(a, v, 0); i++; }
+        else if (!strcmp(a, "--enc-len")) { o->Le = parse_pos_int_(a, v, 0); i++; }
+        else if (!strcmp(a, "--dec-len")) { o->Ld = parse_pos_int_(a, v, 0); i++; }
+        else if (!strcmp(a, "--steps")) { o->steps = parse_pos_int_(a, v, 0); i++; }
+        else if (!strcmp(a, "--warmup")) { o->warmup = parse_pos_int_(a, v, 1); i++; }
+        else if (!strcmp(a, "--threads")) { o->threads = parse_pos_int_(a, v, 1); i++; }
+        else if (!strcmp(a, "--gemm-n")) { o->gemm_n = parse_pos_int_(a, v, 0); i++; }
+        else if (!strcmp(a, "--gemm-reps")) { o->gemm_reps = parse_pos_int_(a, v, 0); i++; }
+        else if (!strcmp(a, "--seed")) { o->seed = parse_pos_int_(a, v, 1); i++; }
+        else {
+            fprintf(stderr, "t5bench: unknown option '%s'\n", a);
+            usage_(stderr);
+            exit(2);
+        }
+    }
+}
+
+static int cmp_double_(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median_(double *x, int n) {
+    if (n <= 0) return 0.0;
+    qsort(x, (size_t)n, sizeof(double), cmp_double_);
+    return (n % 2) ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+}
+
+/* Current resident set (VmRSS) in bytes, 0 if unknown. */
+static size_t current_rss_bytes_(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    char line[256];
+    size_t kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "VmRSS:", 6) == 0) { kb = (size_t)strtoull(line + 6, NULL, 10); break; }
+    fclose(f);
+    return kb * 1024;
+}
+
+/* Escape-free JSON string (variant and core names contain no quotes or backslashes; anything
+ * else is replaced by '_' to stay valid). */
+static void json_str_(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) fputc((*s == '"' || *s == '\\' || (unsigned char)*s < 0x20) ? '_' : *s, f);
+    fputc('"', f);
+}
+
+typedef struct {
+    double step_s, fwd_s, bwd_s, opt_s;   /* medians */
+    double step_min_s, step_max_s;         /* spread of the timed steps (noise indicator) */
+    double first_loss, last_loss;
+    long targets;                          /* labels != 0 in one batch */
+    size_t num_params, opt_state_floats, act_bytes, est_bytes, rss_before_model, peak_rss;
+    double flops_per_step;
+} ModelBench;
+
+static void bench_model_(const BenchOptions *o, const T5Config *cfg, ModelBench *r) {
+    memset(r, 0, sizeof *r);
+    r->rss_before_model = current_rss_bytes_();
+    T5Model m;
+    t5_model_build(&m, cfg);
+    t5_model_init_weights(&m, (uint64_t)o->seed);
+    r->num_params = m.num_params;
+
+    Optim opt;
+    memset(&opt, 0, sizeof opt);
+    if (o->optimizer) {
+        OptimConfig oc;
+        optim_config_default(&oc, OPTIM_ADAFACTOR);
+        OptimTensor *tt = xcalloc((size_t)m.num_tensors, sizeof(OptimTensor));
+        for (int i = 0; i < m.num_tensors; i++) {
+            tt[i].offset = m.tensors[i].offset;
+            tt[i].numel = m.tensors[i].numel;
+            tt[i].rows = m.tensors[i].shape[0];
+            tt[i].cols = m.tensors[i].ndim == 2 ? m.tensors[i].shape[1] : 0;
+        }
+        char err[256];
+        if (optim_init(&opt, &oc, tt, m.num_tensors, m.num_params, err, sizeof err) != 0)
+            FATAL("this is a bug in the optimizer table built by t5bench",
+                  "optim_init failed: %s", err);
+        free(tt);
+        r->opt_state_floats = opt.state_numel;
+    }
+
+    T5Batch b;
+    t5_batch_alloc(&b, o->B, o->Le, o->Ld);
+    int total = o->warmup + o->steps;
+    double *ts = xcalloc((size_t)total, sizeof(double)), *tf = xcalloc((size_t)total, sizeof(double));
+    double *tb = xcalloc((size_t)total, sizeof(double)), *to = xcalloc((size_t)total, sizeof(double));
+    const float zc = 1e-4f;                                    /* t5-spec.md 5.4 */
+    const float scale = 1.0f / ((float)o->B * (float)o->Ld);   /* sum / (batch x Ld) */
+    for (int s = 0; s < total; s++) {
+        /* T5 ids: 32000 SentencePiece pieces, sentinels <extra_id_0> = 32099 downwards */
+        synthetic_batch(&b, 32000, 32099, (uint64_t)o->seed, s, 0);
+        if (s == 0) r->targets = t5_batch_count_targets(&b);
+        T5LossStats ls;
+        double t0 = now_seconds();
+        t5_model_zero_grad(&m);
+        t5_model_forward(&m, &b, zc, &ls);
+        double t1 = now_seconds();
+        t5_model_backward(&m, scale);
+        double t2 = now_seconds();
+        if (o->optimizer) optim_step(&opt, m.params, m.grads, s);
+        double t3 = now_seconds();
+        double loss = ls.tokens > 0 ? ls.ce_sum / (double)ls.tokens : NAN;
+        if (s == 0) r->first_loss = loss;
+        r->last_loss = loss;
+        if (!isfinite(loss))
+            fprintf(stderr, "t5bench: warning: step %d loss is %g (not finite)\n", s, loss);
+        printf("step %d%s: %.3f s (fwd %.3f, bwd %.3f, opt %.3f), loss %.4f\n", s,
+               s < o->warmup ? " (warm-up)" : "", t3 - t0, t1 - t0, t2 - t1, t3 - t2, loss);
+        fflush(stdout);
+        if (s >= o->warmup) {
+            int k = s - o->warmup;
+            ts[k] = t3 - t0; tf[k] = t1 - t0; tb[k] = t2 - t1; to[k] = t3 - t2;
+        }
+    }
+    r->step_s = median_(ts, o->steps);   /* sorts ts */
+    r->step_min_s = ts[0];
+    r->step_max_s = ts[o->steps - 1];
+    r->fwd_s = median_(tf, o->steps);
+    r->bwd_s = median_(tb, o->steps);
+    r->opt_s = median_(to, o->steps);
+    r->peak_rss = peak_rss_bytes();
+    r->act_bytes = t5_model_activation_bytes(cfg, o->B, o->Le, o->Ld);
+    r->est_bytes = 2 * r->num_params * sizeof(float) + r->opt_state_floats * sizeof(float) +
+                   r->act_bytes;
+    r->flops_per_step = t5_model_flops_per_step(cfg, o->B, o->Le, o->Ld);
+    free(ts); free(tf); free(tb); free(to);
+    t5_batch_free(&b);
+    if (o->optimizer) optim_free(&opt);
+    t5_model_free(&m);
+}
+
+/* Write A (M x K), B (K x N) and C = A B from cblas_sgemm as raw float32 files into dir, so a
+ * test can compare the products of two kernels with an independent reference. */
+static void gemm_dump_(const char *dir, uint64_t seed) {
+    const int M = 193, K = 321, N = 157;   /* odd: partial tiles in every dimension */
+    float *A = xmalloc(sizeof(float) * M * K), *B = xmalloc(sizeof(float) * K * N);
+    float *C = xmalloc(sizeof(float) * M * N);
+    Rng r = rng_make(seed, 77);
+    for (int i = 0; i < M * K; i++) A[i] = (float)(2.0 * rng_next_double(&r) - 1.0);
+    for (int i = 0; i < K * N; i++) B[i] = (float)(2.0 * rng_next_double(&r) - 1.0);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, K, B, N, 0.0f, C, N);
+    char path[4096], dims[64];
+    int dl = snprintf(dims, sizeof dims, "%d %d %d\n", M, K, N);
+    struct { const char *name; const void *p; size_t n; } out[] = {
+        {"A.f32", A, sizeof(float) * M * K}, {"B.f32", B, sizeof(float) * K * N},
+        {"C.f32", C, sizeof(float) * M * N}, {"dims.txt", dims, (size_t)dl},
+    };
+    if (mkdir_p(dir) != 0)
+        FATAL("check the --gemm-dump path", "cannot create directory %s", dir);
+    for (size_t i = 0; i < sizeof out / sizeof out[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, out[i].name);
+        if (write_file_atomic(path, out[i].p, out[i].n) != 0)
+            FATAL("check the --gemm-dump path and free space", "cannot write %s", path);
+    }
+    printf("gemm dump: C = A B (%d x %d x %d) written to %s\n", M, K, N, dir);
+    free(A); free(B); free(C);
+}
+
+int main(int argc, char **argv) {
+    BenchOptions o;
+    parse_args_(&o, argc, argv);   /* pure; may exit before anything else happens */
+    blas_runtime_setup(argc, argv, o.threads, 0);
+    int threads = o.threads > 0 ? o.threads : omp_get_max_threads();
+    blas_runtime_set_threads(threads);
+
+    T5Config cfg;
+    char err[512];
+    if (!o.gemm_only && t5_config_from_variant(o.variant, &cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "t5bench: unknown variant '%s': %s\n", o.variant, err);
+        return 2;
+    }
+    printf("t5bench: BLAS %s\n", blas_runtime_describe());
+    fflush(stdout);
+
+    /* Model first, so that the sgemm buffers do not count toward the model's peak RSS (the peak
+     * is a high-water mark; the sgemm probe's 3 N^2 floats are freed and much smaller). */
+    if (o.gemm_dump) gemm_dump_(o.gemm_dump, (uint64_t)o.seed);
+    ModelBench r;
+    memset(&r, 0, sizeof r);
+    if (!o.gemm_only) {
+        printf("t5bench: %s, B=%d Le=%d Ld=%d, %d warm-up + %d timed steps, %s, %d threads\n",
+               cfg.name, o.B, o.Le, o.Ld, o.warmup, o.steps,
+               o.optimizer ? "forward+backward+Adafactor" : "forward+backward only", threads);
+        fflush(stdout);
+        bench_model_(&o, &cfg, &r);
+    }
+    double gemm_s = 0;
+    double peak = blas_measure_sgemm_gflops(o.gemm_n, threads, o.gemm_reps, &gemm_s);
+    printf("sgemm peak: %.1f GFLOP/s (%d^3, median of %d: %.4f s), core %s, %d threads\n", peak,
+           o.gemm_n, o.gemm_reps, gemm_s, openblas_get_corename(), threads);
+
+    double enc_tps = 0, tgt_tps = 0, dec_tps = 0, gflops = 0, mfu = 0, rss_ratio = 0;
+    if (!o.gemm_only) {
+        enc_tps = (double)o.B * o.Le / r.step_s;
+        dec_tps = (double)o.B * o.Ld / r.step_s;
+        tgt_tps = (double)r.targets / r.step_s;
+        gflops = r.flops_per_step / r.step_s / 1e9;
+        mfu = peak > 0 ? gflops / peak : 0;
+        rss_ratio = r.est_bytes ? (double)r.peak_rss / (double)r.est_bytes : 0;
+        const double MiB = 1048576.0;
+        printf("step: median %.3f s (forward %.3f, backward %.3f, optimizer %.3f); min %.3f, "
+               "max %.3f\n", r.step_s, r.fwd_s, r.bwd_s, r.opt_s, r.step_min_s, r.step_max_s);
+        printf("tokens/s: %.0f encoder (B*Le), %.0f decoder positions (B*Ld), %.0f targets "
+               "(%ld per batch)\n", enc_tps, dec_tps, tgt_tps, r.targets);
+        printf("compute: %.2f GFLOP/step (t5-spec 8), %.1f GFLOP/s achieved, MFU %.1f%% of the "
+               "measured sgemm peak\n", r.flops_per_step / 1e9, gflops, 100 * mfu);
+        printf("memory: peak RSS %.1f MiB; estimate %.1f MiB = params %.1f + grads %.1f + "
+               "optimizer %.1f + activations %.1f; ratio %.2f (RSS before model %.1f MiB)\n",
+               r.peak_rss / MiB, r.est_bytes / MiB, r.num_params * 4 / MiB,
+               r.num_params * 4 / MiB, r.opt_state_floats * 4 / MiB, r.act_bytes / MiB, rss_ratio,
+               r.rss_before_model / MiB);
+        printf("loss: first %.4f, last %.4f\n", r.first_loss, r.last_loss);
+    }
+
+    /* machine-readable summary: the last line */
+    printf("{\"variant\":");
+    json_str_(stdout, o.gemm_only ? "" : cfg.name);
+    printf(",\"blas_core\":");
+    json_str_(stdout, openblas_get_corename());
+    printf(",\"threads\":%d,\"gemm_n\":%d,\"sgemm_gflops\":%.2f,\"sgemm_median_s\":%.6f",
+           threads, o.gemm_n, peak, gemm_s);
+    if (!o.gemm_only) {
+        printf(",\"B\":%d,\"Le\":%d,\"Ld\":%d,\"steps\":%d,\"optimizer\":%s,\"params\":%zu",
+               o.B, o.Le, o.Ld, o.steps, o.optimizer ? "true" : "false", r.num_params);
+        printf(",\"step_s\":%.6f,\"step_min_s\":%.6f,\"step_max_s\":%.6f", r.step_s,
+               r.step_min_s, r.step_max_s);
+        printf(",\"fwd_s\":%.6f,\"bwd_s\":%.6f,\"opt_s\":%.6f", r.fwd_s, r.bwd_s, r.opt_s);
+        printf(",\"enc_tokens_per_s\":%.1f,\"dec_tokens_per_s\":%.1f,\"target_tokens_per_s\":%.1f",
+               enc_tps, dec_tps, tgt_tps);
+        printf(",\"flops_per_step\":%.6g,\"gflops\":%.2f,\"mfu\":%.4f", r.flops_per_step, gflops,
+               mfu);
+        printf(",\"peak_rss_bytes\":%zu,\"est_bytes\":%zu,\"act_bytes\":%zu,\"rss_ratio\":%.3f",
+               r.peak_rss, r.est_bytes, r.act_bytes, rss_ratio);
+        printf(",\"first_loss\":%.6f,\"last_loss\":%.6f", isfinite(r.first_loss) ? r.first_loss : -1,
+               isfinite(r.last_loss) ? r.last_loss : -1);
+    }
+    printf("}\n");
+    return 0;
+}
