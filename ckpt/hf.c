@@ -15,14 +15,6 @@
 #include "ckpt/safetensors.h"
 #include "common/util.h"
 
-static void seterr_(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static char *join_(const char *dir, const char *name) {
     size_t n = strlen(dir) + strlen(name) + 2;
     char *p = xmalloc(n);
@@ -52,14 +44,14 @@ static int get_int_(json_t *root, const char *path, const char *key, int require
     json_t *v = json_object_get(root, key);
     if (!v || json_is_null(v)) {
         if (required) {
-            seterr_(err, errlen, "%s: missing required key \"%s\"", path, key);
+            set_error(err, errlen, "%s: missing required key \"%s\"", path, key);
             return -1;
         }
         *out = def;
         return 0;
     }
     if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > (1 << 30)) {
-        seterr_(err, errlen, "%s: \"%s\" must be a non-negative integer", path, key);
+        set_error(err, errlen, "%s: \"%s\" must be a non-negative integer", path, key);
         return -1;
     }
     *out = (int)json_integer_value(v);
@@ -73,21 +65,21 @@ int hf_config_read(const char *dir, T5Config *cfg, char *err, size_t errlen) {
     int rc = -1;
     if (!root) {
         if (!file_exists_(path))
-            seterr_(err, errlen, "%s: not found (HINT: --model/--hf must name a folder holding "
+            set_error(err, errlen, "%s: not found (HINT: --model/--hf must name a folder holding "
                     "config.json and model.safetensors)", path);
         else
-            seterr_(err, errlen, "%s: bad JSON: %s (line %d)", path, jerr.text, jerr.line);
+            set_error(err, errlen, "%s: bad JSON: %s (line %d)", path, jerr.text, jerr.line);
         goto done;
     }
     if (!json_is_object(root)) {
-        seterr_(err, errlen, "%s: not a JSON object", path);
+        set_error(err, errlen, "%s: not a JSON object", path);
         goto done;
     }
     memset(cfg, 0, sizeof *cfg);
     json_t *mt = json_object_get(root, "model_type");
     if (mt && (!json_is_string(mt) || (strcmp(json_string_value(mt), "t5") != 0 &&
                                        strcmp(json_string_value(mt), "mt5") != 0))) {
-        seterr_(err, errlen, "%s: model_type is %s, expected \"t5\"", path,
+        set_error(err, errlen, "%s: model_type is %s, expected \"t5\"", path,
                 json_is_string(mt) ? json_string_value(mt) : "not a string");
         goto done;
     }
@@ -106,24 +98,24 @@ int hf_config_read(const char *dir, T5Config *cfg, char *err, size_t errlen) {
     if (ffs && strcmp(ffs, "relu") == 0) cfg->ffn = T5_FFN_RELU;
     else if (ffs && strcmp(ffs, "gated-gelu") == 0) cfg->ffn = T5_FFN_GATED_GELU;
     else {
-        seterr_(err, errlen, "%s: feed_forward_proj %s is not supported (\"relu\" for T5 v1.0 / "
+        set_error(err, errlen, "%s: feed_forward_proj %s is not supported (\"relu\" for T5 v1.0 / "
                 "T5-Efficient, \"gated-gelu\" for v1.1)", path, ffs ? ffs : "(not a string)");
         goto done;
     }
     json_t *tie = json_object_get(root, "tie_word_embeddings");
     if (tie && !json_is_boolean(tie)) {
-        seterr_(err, errlen, "%s: tie_word_embeddings must be true or false", path);
+        set_error(err, errlen, "%s: tie_word_embeddings must be true or false", path);
         goto done;
     }
     cfg->tied_embedding = tie ? json_is_true(tie) : 1;
     if (cfg->ffn == T5_FFN_GATED_GELU && cfg->tied_embedding) {
-        seterr_(err, errlen, "%s: feed_forward_proj \"gated-gelu\" with a tied embedding is not "
+        set_error(err, errlen, "%s: feed_forward_proj \"gated-gelu\" with a tied embedding is not "
                 "supported (T5 v1.1 configs set \"tie_word_embeddings\": false)", path);
         goto done;
     }
     json_t *eps = json_object_get(root, "layer_norm_epsilon");
     if (eps && !json_is_number(eps)) {
-        seterr_(err, errlen, "%s: layer_norm_epsilon must be a number", path);
+        set_error(err, errlen, "%s: layer_norm_epsilon must be a number", path);
         goto done;
     }
     cfg->layer_norm_eps = eps ? (float)json_number_value(eps) : 1e-6f;
@@ -132,7 +124,7 @@ int hf_config_read(const char *dir, T5Config *cfg, char *err, size_t errlen) {
     snprintf(cfg->name, sizeof cfg->name, "%s", name);
     char verr[256];
     if (t5_config_validate(cfg, verr, sizeof verr) != 0) {
-        seterr_(err, errlen, "%s: %s", path, verr);
+        set_error(err, errlen, "%s: %s", path, verr);
         goto done;
     }
     rc = 0;
@@ -178,7 +170,7 @@ static int config_write_(const char *dir, const T5Config *c, char *err, size_t e
     char *path = join_(dir, "config.json");
     int rc = write_file_atomic(path, text, n + 1);
     if (rc != 0)
-        seterr_(err, errlen, "%s: write failed: %s (HINT: check free space and permissions)", path,
+        set_error(err, errlen, "%s: write failed: %s (HINT: check free space and permissions)", path,
                 strerror(errno));
     free(path);
     free(text);
@@ -212,7 +204,7 @@ int hf_write_tensors(const char *path, const T5Model *m, const float *buf, char 
 
 int hf_save(const char *dir, const T5Model *m, char *err, size_t errlen) {
     if (mkdir_p(dir) != 0) {
-        seterr_(err, errlen, "%s: cannot create directory: %s", dir, strerror(errno));
+        set_error(err, errlen, "%s: cannot create directory: %s", dir, strerror(errno));
         return -1;
     }
     char *path = join_(dir, "model.safetensors");
@@ -251,7 +243,7 @@ static int load_file_(LoadState *s, const char *path, const char *fname, json_t 
         if (weight_map) {
             json_t *w = json_object_get(weight_map, ti->name);
             if (!w || !json_is_string(w) || strcmp(json_string_value(w), fname) != 0) {
-                seterr_(err, errlen, "%s: tensor '%s' is not listed for this file in "
+                set_error(err, errlen, "%s: tensor '%s' is not listed for this file in "
                         "model.safetensors.index.json", path, ti->name);
                 goto done;
             }
@@ -259,7 +251,7 @@ static int load_file_(LoadState *s, const char *path, const char *fname, json_t 
         int alias = is_tied_alias_(m, ti->name);
         int idx = alias ? s->shared_idx : t5_model_find_tensor(m, ti->name);
         if (idx < 0 || (!alias && strcmp(m->tensors[idx].name, ti->name) != 0)) {
-            seterr_(err, errlen, "%s: unknown tensor '%s' for this config (%s: %d+%d layers, d_model "
+            set_error(err, errlen, "%s: unknown tensor '%s' for this config (%s: %d+%d layers, d_model "
                     "%d, %s embedding)", path, ti->name, m->cfg.name, m->cfg.n_enc_layers,
                     m->cfg.n_dec_layers, m->cfg.d_model, m->cfg.tied_embedding ? "tied" : "untied");
             goto done;
@@ -272,19 +264,19 @@ static int load_file_(LoadState *s, const char *path, const char *fname, json_t 
             char a[96], b[96];
             shape_str_(a, sizeof a, ti->ndim, ti->shape);
             shape_str_(b, sizeof b, t->ndim, want);
-            seterr_(err, errlen, "%s: tensor '%s' has shape %s but config.json implies %s", path,
+            set_error(err, errlen, "%s: tensor '%s' has shape %s but config.json implies %s", path,
                     ti->name, a, b);
             goto done;
         }
         if (alias) {
             /* keep a copy; compared with (or used as) shared.weight once everything is read */
             if (s->n_alias >= 3) {
-                seterr_(err, errlen, "%s: tensor '%s' appears more than once", path, ti->name);
+                set_error(err, errlen, "%s: tensor '%s' appears more than once", path, ti->name);
                 goto done;
             }
             for (int a = 0; a < s->n_alias; a++)
                 if (strcmp(s->alias_names[a], ti->name) == 0) {
-                    seterr_(err, errlen, "%s: tensor '%s' appears in more than one file", path, ti->name);
+                    set_error(err, errlen, "%s: tensor '%s' appears in more than one file", path, ti->name);
                     goto done;
                 }
             float *dst = xmalloc(t->numel * sizeof(float));
@@ -296,7 +288,7 @@ static int load_file_(LoadState *s, const char *path, const char *fname, json_t 
             continue;
         }
         if (s->loaded[idx]) {
-            seterr_(err, errlen, "%s: tensor '%s' appears in more than one file", path, ti->name);
+            set_error(err, errlen, "%s: tensor '%s' appears in more than one file", path, ti->name);
             goto done;
         }
         if (st_read_f32(&f, i, m->params + t->offset, err, errlen) != 0) goto done;
@@ -327,7 +319,7 @@ int hf_load(const char *dir, T5Model *m, char *err, size_t errlen) {
         index = json_load_file(index_path, 0, &jerr);
         json_t *wm = index ? json_object_get(index, "weight_map") : NULL;
         if (!wm || !json_is_object(wm)) {
-            seterr_(err, errlen, "%s: %s", index_path, index ? "no \"weight_map\" object" : jerr.text);
+            set_error(err, errlen, "%s: %s", index_path, index ? "no \"weight_map\" object" : jerr.text);
             goto done;
         }
         /* each distinct shard file once, in first-mention order */
@@ -338,7 +330,7 @@ int hf_load(const char *dir, T5Model *m, char *err, size_t errlen) {
         json_object_foreach(wm, key, val) {
             const char *fn = json_is_string(val) ? json_string_value(val) : NULL;
             if (!fn || !*fn || strchr(fn, '/')) {
-                seterr_(err, errlen, "%s: bad file name for tensor '%s'", index_path, key);
+                set_error(err, errlen, "%s: bad file name for tensor '%s'", index_path, key);
                 bad = 1;
                 break;
             }
@@ -355,7 +347,7 @@ int hf_load(const char *dir, T5Model *m, char *err, size_t errlen) {
         char *bin = join_(dir, "pytorch_model.bin");
         int has_bin = file_exists_(bin);
         free(bin);
-        seterr_(err, errlen, "%s: no model.safetensors or model.safetensors.index.json%s", dir,
+        set_error(err, errlen, "%s: no model.safetensors or model.safetensors.index.json%s", dir,
                 has_bin ? " (only pytorch_model.bin, which is not supported; HINT: convert it with "
                           "transformers: T5ForConditionalGeneration.from_pretrained(d)"
                           ".save_pretrained(d, safe_serialization=True))" : "");
@@ -389,7 +381,7 @@ int hf_load(const char *dir, T5Model *m, char *err, size_t errlen) {
         missing++;
     }
     if (missing) {
-        seterr_(err, errlen, "%s: %d tensor(s) missing: %s%s (the weights do not match config.json)",
+        set_error(err, errlen, "%s: %d tensor(s) missing: %s%s (the weights do not match config.json)",
                 dir, missing, list, missing > 4 ? ", ..." : "");
         goto done;
     }

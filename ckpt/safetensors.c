@@ -24,14 +24,6 @@
 
 #define ST_MAX_HEADER (100u << 20)   /* the reference implementation's limit */
 
-static void seterr_(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static const struct { const char *name; size_t size; } dtypes_[] = {
     [ST_F64] = {"F64", 8},  [ST_F32] = {"F32", 4},  [ST_F16] = {"F16", 2},  [ST_BF16] = {"BF16", 2},
     [ST_I64] = {"I64", 8},  [ST_I32] = {"I32", 4},  [ST_I16] = {"I16", 2},  [ST_I8] = {"I8", 1},
@@ -94,13 +86,13 @@ static int cmp_begin_(const void *a, const void *b) {
 static int parse_entry_(const char *path, const char *name, json_t *v, size_t data_size,
                         StTensorInfo *t, char *err, size_t errlen) {
     if (!json_is_object(v)) {
-        seterr_(err, errlen, "%s: tensor '%s': header entry is not a JSON object", path, name);
+        set_error(err, errlen, "%s: tensor '%s': header entry is not a JSON object", path, name);
         return -1;
     }
     json_t *jd = json_object_get(v, "dtype"), *js = json_object_get(v, "shape"),
            *jo = json_object_get(v, "data_offsets");
     if (!json_is_string(jd) || !json_is_array(js) || !json_is_array(jo)) {
-        seterr_(err, errlen, "%s: tensor '%s': needs string \"dtype\", array \"shape\" and array "
+        set_error(err, errlen, "%s: tensor '%s': needs string \"dtype\", array \"shape\" and array "
                 "\"data_offsets\"", path, name);
         return -1;
     }
@@ -109,13 +101,13 @@ static int parse_entry_(const char *path, const char *name, json_t *v, size_t da
     for (int i = 0; i < ST_NUM_DTYPES; i++)
         if (strcmp(ds, dtypes_[i].name) == 0) dt = i;
     if (dt < 0) {
-        seterr_(err, errlen, "%s: tensor '%s': unknown dtype \"%s\"", path, name, ds);
+        set_error(err, errlen, "%s: tensor '%s': unknown dtype \"%s\"", path, name, ds);
         return -1;
     }
     t->dtype = (StDtype)dt;
     size_t nd = json_array_size(js);
     if (nd > ST_MAX_DIMS) {
-        seterr_(err, errlen, "%s: tensor '%s': %zu dimensions (at most %d supported)", path, name, nd,
+        set_error(err, errlen, "%s: tensor '%s': %zu dimensions (at most %d supported)", path, name, nd,
                 ST_MAX_DIMS);
         return -1;
     }
@@ -125,7 +117,7 @@ static int parse_entry_(const char *path, const char *name, json_t *v, size_t da
     for (size_t i = 0; i < nd; i++) {
         json_t *d = json_array_get(js, i);
         if (!json_is_integer(d) || json_integer_value(d) < 0) {
-            seterr_(err, errlen, "%s: tensor '%s': shape entries must be non-negative integers", path,
+            set_error(err, errlen, "%s: tensor '%s': shape entries must be non-negative integers", path,
                     name);
             return -1;
         }
@@ -137,14 +129,14 @@ static int parse_entry_(const char *path, const char *name, json_t *v, size_t da
     if (json_array_size(jo) != 2 || !json_is_integer(json_array_get(jo, 0)) ||
         !json_is_integer(json_array_get(jo, 1)) || json_integer_value(json_array_get(jo, 0)) < 0 ||
         json_integer_value(json_array_get(jo, 1)) < 0) {
-        seterr_(err, errlen, "%s: tensor '%s': data_offsets must be [begin, end], non-negative "
+        set_error(err, errlen, "%s: tensor '%s': data_offsets must be [begin, end], non-negative "
                 "integers", path, name);
         return -1;
     }
     t->begin = (size_t)json_integer_value(json_array_get(jo, 0));
     t->end = (size_t)json_integer_value(json_array_get(jo, 1));
     if (t->begin > t->end || t->end > data_size) {
-        seterr_(err, errlen, "%s: tensor '%s': data_offsets [%zu, %zu] out of range (data section is "
+        set_error(err, errlen, "%s: tensor '%s': data_offsets [%zu, %zu] out of range (data section is "
                 "%zu bytes; truncated file?)", path, name, t->begin, t->end, data_size);
         return -1;
     }
@@ -152,7 +144,7 @@ static int parse_entry_(const char *path, const char *name, json_t *v, size_t da
         char need[32];
         if (overflow) snprintf(need, sizeof need, "more than %zu", (size_t)SIZE_MAX / 8);
         else snprintf(need, sizeof need, "%zu", numel * dtypes_[dt].size);
-        seterr_(err, errlen, "%s: tensor '%s': shape needs %s bytes of %s but data_offsets span %zu",
+        set_error(err, errlen, "%s: tensor '%s': shape needs %s bytes of %s but data_offsets span %zu",
                 path, name, need, ds, t->end - t->begin);
         return -1;
     }
@@ -166,19 +158,19 @@ int st_open(StFile *f, const char *path, char *err, size_t errlen) {
     StTensorInfo **order = NULL;
     int fd = open(path, O_RDONLY);
     if (fd < 0) {
-        seterr_(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        set_error(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return -1;
     }
     struct stat stb;
     if (fstat(fd, &stb) != 0) {
-        seterr_(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
+        set_error(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
         close(fd);
         return -1;
     }
     f->path = xstrdup(path);
     f->file_size = (size_t)stb.st_size;
     if (f->file_size < 8) {
-        seterr_(err, errlen, "%s: %zu bytes, too short for a safetensors file (needs an 8-byte "
+        set_error(err, errlen, "%s: %zu bytes, too short for a safetensors file (needs an 8-byte "
                 "header length)", path, f->file_size);
         close(fd);
         goto fail;
@@ -186,20 +178,20 @@ int st_open(StFile *f, const char *path, char *err, size_t errlen) {
     void *map = mmap(NULL, f->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (map == MAP_FAILED) {
-        seterr_(err, errlen, "%s: mmap failed: %s", path, strerror(errno));
+        set_error(err, errlen, "%s: mmap failed: %s", path, strerror(errno));
         goto fail;
     }
     f->map = map;
     uint64_t n = 0;
     for (int i = 7; i >= 0; i--) n = (n << 8) | f->map[i];
     if (n > f->file_size - 8 || n > ST_MAX_HEADER) {
-        seterr_(err, errlen, "%s: header length %llu does not fit the file (%zu bytes; limit %u): "
+        set_error(err, errlen, "%s: header length %llu does not fit the file (%zu bytes; limit %u): "
                 "truncated or not a safetensors file", path, (unsigned long long)n, f->file_size,
                 ST_MAX_HEADER);
         goto fail;
     }
     if (n < 2 || f->map[8] != '{') {
-        seterr_(err, errlen, "%s: header does not start with '{': not a safetensors file", path);
+        set_error(err, errlen, "%s: header does not start with '{': not a safetensors file", path);
         goto fail;
     }
     f->data_start = 8 + (size_t)n;
@@ -207,7 +199,7 @@ int st_open(StFile *f, const char *path, char *err, size_t errlen) {
     json_error_t jerr;
     root = json_loadb((const char *)f->map + 8, (size_t)n, JSON_REJECT_DUPLICATES, &jerr);
     if (!root || !json_is_object(root)) {
-        seterr_(err, errlen, "%s: bad JSON header: %s (line %d, column %d)", path,
+        set_error(err, errlen, "%s: bad JSON header: %s (line %d, column %d)", path,
                 root ? "not an object" : jerr.text, jerr.line, jerr.column);
         goto fail;
     }
@@ -218,7 +210,7 @@ int st_open(StFile *f, const char *path, char *err, size_t errlen) {
     json_object_foreach(root, key, val) {
         if (strcmp(key, "__metadata__") == 0) {
             if (!json_is_object(val)) {
-                seterr_(err, errlen, "%s: \"__metadata__\" is not an object", path);
+                set_error(err, errlen, "%s: \"__metadata__\" is not an object", path);
                 goto fail;
             }
             size_t nm = json_object_size(val);
@@ -228,7 +220,7 @@ int st_open(StFile *f, const char *path, char *err, size_t errlen) {
             json_t *mv;
             json_object_foreach(val, mk, mv) {
                 if (!json_is_string(mv)) {
-                    seterr_(err, errlen, "%s: \"__metadata__\" value of '%s' is not a string", path, mk);
+                    set_error(err, errlen, "%s: \"__metadata__\" value of '%s' is not a string", path, mk);
                     goto fail;
                 }
                 f->meta_keys[f->num_meta] = xstrdup(mk);
@@ -252,12 +244,12 @@ int st_open(StFile *f, const char *path, char *err, size_t errlen) {
         StTensorInfo *t = order[i];
         if (t->begin == t->end) continue;   /* empty tensors occupy no bytes */
         if (t->begin < pos) {
-            seterr_(err, errlen, "%s: tensor '%s' (bytes %zu..%zu) overlaps tensor '%s' (ends at %zu)",
+            set_error(err, errlen, "%s: tensor '%s' (bytes %zu..%zu) overlaps tensor '%s' (ends at %zu)",
                     path, t->name, t->begin, t->end, prev, pos);
             goto fail;
         }
         if (t->begin > pos) {
-            seterr_(err, errlen, "%s: tensor '%s' starts at byte %zu but the previous tensor ends at "
+            set_error(err, errlen, "%s: tensor '%s' starts at byte %zu but the previous tensor ends at "
                     "%zu (a gap in the data section)", path, t->name, t->begin, pos);
             goto fail;
         }
@@ -265,7 +257,7 @@ int st_open(StFile *f, const char *path, char *err, size_t errlen) {
         prev = t->name;
     }
     if (pos != data_size) {
-        seterr_(err, errlen, "%s: the tensors cover %zu bytes of data but the file has %zu after the "
+        set_error(err, errlen, "%s: the tensors cover %zu bytes of data but the file has %zu after the "
                 "header (trailing bytes)", path, pos, data_size);
         goto fail;
     }
@@ -293,7 +285,7 @@ const char *st_meta_get(const StFile *f, const char *key) {
 
 int st_read_f32(const StFile *f, int idx, float *out, char *err, size_t errlen) {
     if (idx < 0 || idx >= f->num_tensors) {
-        seterr_(err, errlen, "%s: no tensor #%d", f->path, idx);
+        set_error(err, errlen, "%s: no tensor #%d", f->path, idx);
         return -1;
     }
     const StTensorInfo *t = &f->tensors[idx];
@@ -310,7 +302,7 @@ int st_read_f32(const StFile *f, int idx, float *out, char *err, size_t errlen) 
         }
         return 0;
     default:
-        seterr_(err, errlen, "%s: tensor '%s' has dtype %s; only F32, F16 and BF16 can be read as "
+        set_error(err, errlen, "%s: tensor '%s' has dtype %s; only F32, F16 and BF16 can be read as "
                 "float", f->path, t->name, st_dtype_name(t->dtype));
         return -1;
     }
@@ -355,18 +347,6 @@ static int write_all_(int fd, const void *data, size_t n) {
     return 0;
 }
 
-static int fsync_dir_of_(const char *path) {
-    char *copy = xstrdup(path);
-    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY);
-    free(copy);
-    if (fd < 0) return -1;
-    int rc = fsync(fd);
-    int saved = errno;
-    close(fd);
-    errno = saved;
-    return rc;
-}
-
 int st_write_f32(const char *path, const StWriteTensor *ts, int n, const char *const *meta_kv,
                  int n_meta, char *err, size_t errlen) {
     Buf h = {0};
@@ -384,13 +364,13 @@ int st_write_f32(const char *path, const StWriteTensor *ts, int n, const char *c
         const StWriteTensor *t = &ts[i];
         if (!t->name || !*t->name || strcmp(t->name, "__metadata__") == 0 || t->ndim < 0 ||
             t->ndim > ST_MAX_DIMS) {
-            seterr_(err, errlen, "%s: tensor #%d: bad name or rank", path, i);
+            set_error(err, errlen, "%s: tensor #%d: bad name or rank", path, i);
             free(h.s);
             return -1;
         }
         for (int j = 0; j < i; j++)
             if (strcmp(ts[j].name, t->name) == 0) {
-                seterr_(err, errlen, "%s: tensor '%s' given twice", path, t->name);
+                set_error(err, errlen, "%s: tensor '%s' given twice", path, t->name);
                 free(h.s);
                 return -1;
             }
@@ -401,7 +381,7 @@ int st_write_f32(const char *path, const StWriteTensor *ts, int n, const char *c
         buf_str_(&h, ":{\"dtype\":\"F32\",\"shape\":[");
         for (int d = 0; d < t->ndim; d++) {
             if (t->shape[d] < 0) {
-                seterr_(err, errlen, "%s: tensor '%s': negative dimension", path, t->name);
+                set_error(err, errlen, "%s: tensor '%s': negative dimension", path, t->name);
                 free(h.s);
                 return -1;
             }
@@ -440,8 +420,8 @@ int st_write_f32(const char *path, const StWriteTensor *ts, int n, const char *c
     step = "rename";
     if (rename(tmp, path) != 0) goto fail;
     step = "fsync directory of";
-    if (fsync_dir_of_(path) != 0) {
-        seterr_(err, errlen, "%s: fsync of its directory failed: %s", path, strerror(errno));
+    if (fsync_dir_of(path) != 0) {
+        set_error(err, errlen, "%s: fsync of its directory failed: %s", path, strerror(errno));
         free(tmp);
         free(h.s);
         return -1;
@@ -453,7 +433,7 @@ fail:;
     int saved = errno;
     if (fd >= 0) close(fd);
     unlink(tmp);
-    seterr_(err, errlen, "%s: %s %s failed: %s (HINT: check free space and permissions)", path, step,
+    set_error(err, errlen, "%s: %s %s failed: %s (HINT: check free space and permissions)", path, step,
             tmp, strerror(saved));
     free(tmp);
     free(h.s);

@@ -14,14 +14,6 @@
 
 #define NPY_ALIGN 64
 
-static void seterr_(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 int npy_write_i32(const char *path, const int32_t *data, int rows, int cols) {
     if (rows < 0 || cols < 0 || (rows > 0 && cols > 0 && !data)) { errno = EINVAL; return -1; }
     char dict[128];
@@ -76,13 +68,13 @@ int32_t *npy_read_i32(const char *path, int *rows, int *cols, char *err, size_t 
     size_t size = 0;
     unsigned char *buf = (unsigned char *)read_file_all(path, &size);
     if (!buf) {
-        seterr_(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+        set_error(err, errlen, "%s: cannot read: %s", path, strerror(errno));
         return NULL;
     }
     int32_t *out = NULL;
     char *hdr = NULL;
     if (size < 10 || memcmp(buf, "\x93NUMPY", 6) != 0) {
-        seterr_(err, errlen, "%s: not a NumPy .npy file (bad magic)", path);
+        set_error(err, errlen, "%s: not a NumPy .npy file (bad magic)", path);
         goto done;
     }
     int major = buf[6];
@@ -91,15 +83,15 @@ int32_t *npy_read_i32(const char *path, int *rows, int *cols, char *err, size_t 
         hlen = (size_t)buf[8] | ((size_t)buf[9] << 8);
         pre = 10;
     } else if (major == 2 || major == 3) {
-        if (size < 12) { seterr_(err, errlen, "%s: truncated .npy header", path); goto done; }
+        if (size < 12) { set_error(err, errlen, "%s: truncated .npy header", path); goto done; }
         hlen = (size_t)buf[8] | ((size_t)buf[9] << 8) | ((size_t)buf[10] << 16) | ((size_t)buf[11] << 24);
         pre = 12;
     } else {
-        seterr_(err, errlen, "%s: unsupported .npy format version %d.%d", path, major, buf[7]);
+        set_error(err, errlen, "%s: unsupported .npy format version %d.%d", path, major, buf[7]);
         goto done;
     }
     if (hlen > size - pre) {
-        seterr_(err, errlen, "%s: truncated .npy header (header length %zu, file %zu bytes)", path,
+        set_error(err, errlen, "%s: truncated .npy header (header length %zu, file %zu bytes)", path,
                 hlen, size);
         goto done;
     }
@@ -110,7 +102,7 @@ int32_t *npy_read_i32(const char *path, int *rows, int *cols, char *err, size_t 
     const char *v = dict_value_(hdr, "descr");
     int elem;
     if (!v || (*v != '\'' && *v != '"')) {
-        seterr_(err, errlen, "%s: .npy header has no 'descr': %s", path, hdr);
+        set_error(err, errlen, "%s: .npy header has no 'descr': %s", path, hdr);
         goto done;
     }
     if (strncmp(v + 1, "<i4", 3) == 0 && v[4] == *v) elem = 4;
@@ -118,19 +110,19 @@ int32_t *npy_read_i32(const char *path, int *rows, int *cols, char *err, size_t 
     else {
         const char *e = strchr(v + 1, *v);
         int n = e ? (int)(e - v - 1) : 8;
-        seterr_(err, errlen, "%s: unsupported dtype '%.*s' (need '<i4' int32 or '<i8' int64; "
+        set_error(err, errlen, "%s: unsupported dtype '%.*s' (need '<i4' int32 or '<i8' int64; "
                 "HINT: np.save(path, a.astype(np.int32))", path, n, v + 1);
         goto done;
     }
     v = dict_value_(hdr, "fortran_order");
     if (!v || strncmp(v, "False", 5) != 0) {
-        seterr_(err, errlen, "%s: only C-order arrays are supported (fortran_order must be False; "
+        set_error(err, errlen, "%s: only C-order arrays are supported (fortran_order must be False; "
                 "HINT: np.ascontiguousarray)", path);
         goto done;
     }
     v = dict_value_(hdr, "shape");
     if (!v || *v != '(') {
-        seterr_(err, errlen, "%s: .npy header has no 'shape' tuple", path);
+        set_error(err, errlen, "%s: .npy header has no 'shape' tuple", path);
         goto done;
     }
     long dims[8];
@@ -143,7 +135,7 @@ int32_t *npy_read_i32(const char *path, int *rows, int *cols, char *err, size_t 
         errno = 0;
         long d = strtol(p, &end, 10);
         if (end == p || errno || d < 0) {
-            seterr_(err, errlen, "%s: bad 'shape' in .npy header: %s", path, v);
+            set_error(err, errlen, "%s: bad 'shape' in .npy header: %s", path, v);
             goto done;
         }
         if (nd < 8) dims[nd] = d;
@@ -152,24 +144,24 @@ int32_t *npy_read_i32(const char *path, int *rows, int *cols, char *err, size_t 
         while (*p == ' ') p++;
         if (*p == ',') p++;
         else if (*p != ')') {
-            seterr_(err, errlen, "%s: bad 'shape' in .npy header: %s", path, v);
+            set_error(err, errlen, "%s: bad 'shape' in .npy header: %s", path, v);
             goto done;
         }
     }
     if (nd != 2) {
-        seterr_(err, errlen, "%s: expected a 2-D array [rows, cols], got %d dimensions", path, nd);
+        set_error(err, errlen, "%s: expected a 2-D array [rows, cols], got %d dimensions", path, nd);
         goto done;
     }
     if (dims[0] > INT_MAX || dims[1] > INT_MAX ||
         (dims[1] > 0 && (size_t)dims[0] > (SIZE_MAX / 8) / (size_t)dims[1])) {
-        seterr_(err, errlen, "%s: array too large (%ld x %ld)", path, dims[0], dims[1]);
+        set_error(err, errlen, "%s: array too large (%ld x %ld)", path, dims[0], dims[1]);
         goto done;
     }
     size_t n = (size_t)dims[0] * (size_t)dims[1];
     size_t need = n * (size_t)elem;
     size_t have = size - pre - hlen;
     if (have != need) {
-        seterr_(err, errlen, "%s: data is %zu bytes but shape (%ld, %ld) of %d-byte ints needs %zu (%s)",
+        set_error(err, errlen, "%s: data is %zu bytes but shape (%ld, %ld) of %d-byte ints needs %zu (%s)",
                 path, have, dims[0], dims[1], elem, need, have < need ? "truncated file" : "trailing bytes");
         goto done;
     }
@@ -185,7 +177,7 @@ int32_t *npy_read_i32(const char *path, int *rows, int *cols, char *err, size_t 
             for (int k = 7; k >= 0; k--) u = (u << 8) | d[8 * i + (size_t)k];
             int64_t s = (int64_t)u;
             if (s < INT32_MIN || s > INT32_MAX) {
-                seterr_(err, errlen, "%s: value %lld at row %zu col %zu does not fit in int32", path,
+                set_error(err, errlen, "%s: value %lld at row %zu col %zu does not fit in int32", path,
                         (long long)s, i / (size_t)dims[1], i % (size_t)dims[1]);
                 free(out);
                 out = NULL;

@@ -24,6 +24,14 @@ void fatal_at(const char *file, int line, const char *hint, const char *fmt, ...
     exit(1);
 }
 
+void set_error(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || errlen == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
 void *malloc_check(size_t size, const char *file, int line) {
     void *p = malloc(size ? size : 1);
     if (!p) fatal_at(file, line, "reduce --batch / --micro-batch or use a smaller variant",
@@ -85,7 +93,7 @@ size_t peak_rss_bytes(void) {
     return kb * 1024;
 }
 
-static int fsync_parent_dir(const char *path) {
+int fsync_dir_of(const char *path) {
     char *copy = xstrdup(path);
     int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY);
     free(copy);
@@ -119,7 +127,7 @@ int write_file_atomic(const char *path, const void *data, size_t size) {
     fd = -1;
     if (rename(tmp, path) != 0) goto fail;
     free(tmp);
-    return fsync_parent_dir(path);
+    return fsync_dir_of(path);
 fail:;
     int saved = errno;
     if (fd >= 0) close(fd);

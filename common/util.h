@@ -9,6 +9,14 @@
 #ifndef T5_COMMON_UTIL_H
 #define T5_COMMON_UTIL_H
 
+#ifdef __cplusplus
+extern "C" {
+#ifdef __cplusplus
+}
+#endif
+
+#endif
+
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -16,6 +24,10 @@
 /* Print "fatal: <msg>" (+ optional "HINT: <hint>") to stderr with file:line, then exit(1). */
 #if defined(__GNUC__)
 __attribute__((noreturn, format(printf, 4, 5)))
+#ifdef __cplusplus
+}
+#endif
+
 #endif
 void fatal_at(const char *file, int line, const char *hint, const char *fmt, ...);
 #define FATAL(hint, ...) fatal_at(__FILE__, __LINE__, (hint), __VA_ARGS__)
@@ -38,6 +50,20 @@ double now_seconds(void);
 
 /* Peak resident set size of this process in bytes (from /proc/self/status VmHWM), 0 if unknown. */
 size_t peak_rss_bytes(void);
+
+/* Format a message into err (errlen bytes) for functions that report errors to their caller.
+ * Does nothing if err is NULL or errlen is 0. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#ifdef __cplusplus
+}
+#endif
+
+#endif
+void set_error(char *err, size_t errlen, const char *fmt, ...);
+
+/* fsync the directory that holds path (after a rename into it). 0 on success, -1 with errno. */
+int fsync_dir_of(const char *path);
 
 /* Durable write of a whole buffer: write PATH.tmp-<pid>, fsync, rename onto PATH, fsync the
  * directory. Returns 0 on success, -1 on error (errno set; the old PATH, if any, is intact). */
@@ -62,5 +88,9 @@ uint64_t rng_next_u64(Rng *r);
 double rng_next_double(Rng *r);               /* uniform in [0, 1) with 53 random bits */
 uint64_t rng_next_below(Rng *r, uint64_t n);  /* uniform integer in [0, n), unbiased */
 double rng_next_normal(Rng *r);               /* standard normal (Box-Muller, no caching) */
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -19,6 +19,7 @@
 
 extern "C" {
 #include "data/spm.h"
+#include "common/util.h"
 }
 
 struct SpmTokenizer {
@@ -27,14 +28,6 @@ struct SpmTokenizer {
     int vocab;       /* P + SPM_NUM_SENTINELS */
     int model_vocab; /* vocab rounded up to a multiple of 128 */
 };
-
-static void set_err_(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* The checks that make a model usable with T5 ids. Returns an empty string if fine, else why. */
 static std::string check_t5_layout_(const sentencepiece::SentencePieceProcessor &sp) {
@@ -68,7 +61,7 @@ static std::string check_t5_layout_(const sentencepiece::SentencePieceProcessor 
  * holds a message naming model_path and the reason. */
 extern "C" SpmTokenizer *spm_open(const char *model_path, char *err, size_t errlen) {
     if (!model_path) {
-        set_err_(err, errlen, "spm_open: model path is NULL");
+        set_error(err, errlen, "spm_open: model path is NULL");
         return nullptr;
     }
     SpmTokenizer *t = nullptr;
@@ -76,7 +69,7 @@ extern "C" SpmTokenizer *spm_open(const char *model_path, char *err, size_t errl
         t = new SpmTokenizer();
         sentencepiece::util::Status st = t->sp.Load(model_path);
         if (!st.ok()) {
-            set_err_(err, errlen,
+            set_error(err, errlen,
                      "cannot load SentencePiece model '%s': %s (HINT: pass --spm with the path "
                      "of a spiece.model file, e.g. data/sample/spiece.model)",
                      model_path, st.ToString().c_str());
@@ -85,7 +78,7 @@ extern "C" SpmTokenizer *spm_open(const char *model_path, char *err, size_t errl
         }
         std::string why = check_t5_layout_(t->sp);
         if (!why.empty()) {
-            set_err_(err, errlen, "SentencePiece model '%s' %s", model_path, why.c_str());
+            set_error(err, errlen, "SentencePiece model '%s' %s", model_path, why.c_str());
             delete t;
             return nullptr;
         }
@@ -94,9 +87,9 @@ extern "C" SpmTokenizer *spm_open(const char *model_path, char *err, size_t errl
         t->model_vocab = (t->vocab + 127) / 128 * 128;
         return t;
     } catch (const std::exception &e) {
-        set_err_(err, errlen, "cannot load SentencePiece model '%s': %s", model_path, e.what());
+        set_error(err, errlen, "cannot load SentencePiece model '%s': %s", model_path, e.what());
     } catch (...) {
-        set_err_(err, errlen, "cannot load SentencePiece model '%s': unknown C++ exception",
+        set_error(err, errlen, "cannot load SentencePiece model '%s': unknown C++ exception",
                  model_path);
     }
     delete t;

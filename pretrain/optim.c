@@ -22,16 +22,6 @@
 #define PAR_MIN_ 32768      /* below this many elements a tensor is updated by one thread */
 #define PI_ 3.14159265358979323846
 
-static void set_err_(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err_(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* ------------------------------------------------------------------------------------------ */
 /* Configuration and schedules. */
 
@@ -66,7 +56,7 @@ void optim_config_default(OptimConfig *cfg, OptimKind kind) {
 /* Returns 0 if every field the chosen optimizer and schedule use is in range, else -1 with the
  * field, its value and the allowed range in err. Fields of the other optimizer are not checked. */
 int optim_config_validate(const OptimConfig *c, char *err, size_t errlen) {
-#define BAD_(...) do { set_err_(err, errlen, __VA_ARGS__); return -1; } while (0)
+#define BAD_(...) do { set_error(err, errlen, __VA_ARGS__); return -1; } while (0)
 #define OK_(x) (isfinite(x))
     if (!c) BAD_("optimizer config is NULL");
     if (c->kind == OPTIM_ADAFACTOR) {
@@ -176,23 +166,23 @@ int optim_init(Optim *opt, const OptimConfig *cfg, const OptimTensor *tensors, i
     memset(opt, 0, sizeof(*opt));
     if (optim_config_validate(cfg, err, errlen) != 0) return -1;
     if (n_tensors < 0 || (n_tensors > 0 && !tensors)) {
-        set_err_(err, errlen, "optimizer: bad tensor table (n_tensors = %d)", n_tensors);
+        set_error(err, errlen, "optimizer: bad tensor table (n_tensors = %d)", n_tensors);
         return -1;
     }
     for (int i = 0; i < n_tensors; i++) {
         const OptimTensor *t = &tensors[i];
         if (t->numel == 0) {
-            set_err_(err, errlen, "optimizer: tensor %d has no elements", i);
+            set_error(err, errlen, "optimizer: tensor %d has no elements", i);
             return -1;
         }
         if (t->cols < 0 || (t->cols > 0 && (t->rows <= 0 ||
                                             (size_t)t->rows * (size_t)t->cols != t->numel))) {
-            set_err_(err, errlen, "optimizer: tensor %d has shape [%d, %d] but numel %zu "
+            set_error(err, errlen, "optimizer: tensor %d has shape [%d, %d] but numel %zu "
                      "(use cols = 0 for a 1-D tensor)", i, t->rows, t->cols, t->numel);
             return -1;
         }
         if (t->offset > buffer_numel || t->numel > buffer_numel - t->offset) {
-            set_err_(err, errlen, "optimizer: tensor %d [%zu, %zu) lies outside the buffer of %zu "
+            set_error(err, errlen, "optimizer: tensor %d [%zu, %zu) lies outside the buffer of %zu "
                      "elements", i, t->offset, t->offset + t->numel, buffer_numel);
             return -1;
         }
@@ -204,7 +194,7 @@ int optim_init(Optim *opt, const OptimConfig *cfg, const OptimTensor *tensors, i
         for (int k = 1; k < n_tensors; k++) {
             const OptimTensor *a = &tensors[sp[k - 1].index], *b = &tensors[sp[k].index];
             if (a->offset + a->numel > b->offset) {
-                set_err_(err, errlen, "optimizer: tensors %d and %d overlap in the buffer "
+                set_error(err, errlen, "optimizer: tensors %d and %d overlap in the buffer "
                          "([%zu, %zu) and [%zu, %zu))", sp[k - 1].index, sp[k].index, a->offset,
                          a->offset + a->numel, b->offset, b->offset + b->numel);
                 free(sp);

@@ -19,6 +19,8 @@
  */
 #include "pretrain/t5_config.h"
 
+#include "common/util.h"
+
 #include <ctype.h>     /* tolower, isdigit */
 #include <math.h>      /* isfinite */
 #include <stdarg.h>    /* va_list for the error formatter */
@@ -96,16 +98,6 @@ static const char *const key_names_[N_KEYS] = {"nh", "kv", "nl", "el", "dl", "dm
 
 /* ------------------------------------------------------------------------------------------ */
 /* Helpers. */
-
-static void set_err_(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err_(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Levenshtein distance of two short strings (names are < 128 chars; longer ones are cut). */
 static int edit_distance_(const char *a, const char *b) {
@@ -198,14 +190,14 @@ static int map_dm_(long v) {
 int t5_config_from_variant(const char *name, T5Config *cfg, char *err, size_t errlen) {
     if (err && errlen) err[0] = '\0';
     if (!name || !cfg) {
-        set_err_(err, errlen, "variant name is NULL");
+        set_error(err, errlen, "variant name is NULL");
         return -1;
     }
     /* Lower-case copy, then strip the optional prefixes. */
     char buf[256];
     size_t n = strlen(name);
     if (n >= sizeof(buf)) {
-        set_err_(err, errlen, "variant name too long (%zu chars): '%.40s...'", n, name);
+        set_error(err, errlen, "variant name too long (%zu chars): '%.40s...'", n, name);
         return -1;
     }
     for (size_t i = 0; i <= n; i++) buf[i] = (char)tolower((unsigned char)name[i]);
@@ -221,7 +213,7 @@ int t5_config_from_variant(const char *name, T5Config *cfg, char *err, size_t er
     for (char *p = s;; ) {
         char *dash = strchr(p, '-');
         if (nt == 16) {
-            set_err_(err, errlen, "variant '%s': too many '-' separated parts", name);
+            set_error(err, errlen, "variant '%s': too many '-' separated parts", name);
             append_suggestions_(err, errlen, shortname);
             return -1;
         }
@@ -235,7 +227,7 @@ int t5_config_from_variant(const char *name, T5Config *cfg, char *err, size_t er
     for (int i = 0; i < N_BASE_SIZES; i++)
         if (strcmp(tokens[0], base_sizes_[i].name) == 0) bs = &base_sizes_[i];
     if (!bs) {
-        set_err_(err, errlen,
+        set_error(err, errlen,
                  "variant '%s': unknown base size '%s' (expected tiny, mini, small, base, large, "
                  "xl or xxl, optionally followed by -nlN -elN -dlN -dmN -ffN -kvN -nhN)",
                  name, tokens[0]);
@@ -252,7 +244,7 @@ int t5_config_from_variant(const char *name, T5Config *cfg, char *err, size_t er
         for (int k = 0; k < N_KEYS; k++)
             if (strncmp(tok, key_names_[k], 2) == 0) key = k;
         if (key < 0) {
-            set_err_(err, errlen,
+            set_error(err, errlen,
                      "variant '%s': unknown suffix '%s' (expected nlN, elN, dlN, dmN, ffN, kvN or "
                      "nhN)", name, tok);
             append_suggestions_(err, errlen, shortname);
@@ -260,13 +252,13 @@ int t5_config_from_variant(const char *name, T5Config *cfg, char *err, size_t er
         }
         long v = parse_value_(tok + 2);
         if (v < 0) {
-            set_err_(err, errlen, "variant '%s': malformed number in suffix '%s' (want %sN with N a "
+            set_error(err, errlen, "variant '%s': malformed number in suffix '%s' (want %sN with N a "
                      "positive decimal)", name, tok, key_names_[key]);
             append_suggestions_(err, errlen, shortname);
             return -1;
         }
         if (val[key] >= 0) {
-            set_err_(err, errlen, "variant '%s': suffix '%s' given twice ('%s' and '%s')", name,
+            set_error(err, errlen, "variant '%s': suffix '%s' given twice ('%s' and '%s')", name,
                      key_names_[key], spelled[key], tok);
             append_suggestions_(err, errlen, shortname);
             return -1;
@@ -275,7 +267,7 @@ int t5_config_from_variant(const char *name, T5Config *cfg, char *err, size_t er
                  : key == K_DM ? MAX_D_MODEL : key == K_FF ? MAX_D_FF
                  : key == K_NH ? MAX_HEADS : MAX_D_KV;
         if (v == 0 || v > lim) {
-            set_err_(err, errlen, "variant '%s': value %ld in '%s' is out of range (1..%ld)", name,
+            set_error(err, errlen, "variant '%s': value %ld in '%s' is out of range (1..%ld)", name,
                      v, tok, lim);
             append_suggestions_(err, errlen, shortname);
             return -1;
@@ -284,7 +276,7 @@ int t5_config_from_variant(const char *name, T5Config *cfg, char *err, size_t er
         spelled[key] = tok;
     }
     if (val[K_NL] >= 0 && (val[K_EL] >= 0 || val[K_DL] >= 0)) {
-        set_err_(err, errlen, "variant '%s': '%s' conflicts with '%s' (nlN already sets both "
+        set_error(err, errlen, "variant '%s': '%s' conflicts with '%s' (nlN already sets both "
                  "stacks; use elA-dlB instead)", name, spelled[K_NL],
                  val[K_EL] >= 0 ? spelled[K_EL] : spelled[K_DL]);
         append_suggestions_(err, errlen, shortname);
@@ -317,7 +309,7 @@ int t5_config_from_variant(const char *name, T5Config *cfg, char *err, size_t er
     if (val[K_NH] >= 0) cfg->n_heads = (int)val[K_NH];
     if (val[K_KV] >= 0) cfg->d_kv = (int)val[K_KV];
     if ((long)cfg->n_heads * cfg->d_kv > MAX_INNER) {
-        set_err_(err, errlen, "variant '%s': inner attention width h*k = %d*%d is out of range "
+        set_error(err, errlen, "variant '%s': inner attention width h*k = %d*%d is out of range "
                  "(max %d)", name, cfg->n_heads, cfg->d_kv, MAX_INNER);
         append_suggestions_(err, errlen, shortname);
         return -1;
@@ -353,7 +345,7 @@ size_t t5_config_num_params(const T5Config *c) {
 
 /* Returns 0 if the model can run with cfg, else -1 with the first problem named in err. */
 int t5_config_validate(const T5Config *c, char *err, size_t errlen) {
-#define BAD_(...) do { set_err_(err, errlen, __VA_ARGS__); return -1; } while (0)
+#define BAD_(...) do { set_error(err, errlen, __VA_ARGS__); return -1; } while (0)
     if (!c) BAD_("config is NULL");
     const char *nm = c->name[0] ? c->name : "(unnamed config)";
     if (c->n_enc_layers < 1 || c->n_enc_layers > MAX_LAYERS)
