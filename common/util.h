@@ -9,25 +9,17 @@
 #ifndef T5_COMMON_UTIL_H
 #define T5_COMMON_UTIL_H
 
-#ifdef __cplusplus
-extern "C" {
-#ifdef __cplusplus
-}
-#endif
-
-#endif
-
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Print "fatal: <msg>" (+ optional "HINT: <hint>") to stderr with file:line, then exit(1). */
 #if defined(__GNUC__)
 __attribute__((noreturn, format(printf, 4, 5)))
-#ifdef __cplusplus
-}
-#endif
-
 #endif
 void fatal_at(const char *file, int line, const char *hint, const char *fmt, ...);
 #define FATAL(hint, ...) fatal_at(__FILE__, __LINE__, (hint), __VA_ARGS__)
@@ -55,10 +47,6 @@ size_t peak_rss_bytes(void);
  * Does nothing if err is NULL or errlen is 0. */
 #if defined(__GNUC__)
 __attribute__((format(printf, 3, 4)))
-#ifdef __cplusplus
-}
-#endif
-
 #endif
 void set_error(char *err, size_t errlen, const char *fmt, ...);
 

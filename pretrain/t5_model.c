@@ -1,0 +1,1062 @@
+/*
+ * pretrain/t5_model.c: the T5 encoder-decoder on the CPU, forward and backward.
+ *
+ * Read top to bottom: the relative position buckets, then every op as foo_forward immediately
+ * followed by foo_backward (shapes in the comments, gradients named with a d prefix), then the
+ * parameter table (Hugging Face names and order), the Mesh TF initialisation, the activation
+ * buffers, and the model forward and its mirror image, the model backward.
+ *
+ * Conventions: row-major fp32. N = B*Le encoder tokens, M = B*Ld decoder tokens, d = d_model,
+ * H = heads, K = d_kv, HK = H*K, f = d_ff, V = vocab. Linear weights use the HF layout [out, in],
+ * so y[N,out] = x[N,in] . W^T. All matrix products go to cblas_sgemm (OpenBLAS, OpenMP build:
+ * its threads are this process's OpenMP threads, so our own loops use `omp parallel for` and
+ * OpenBLAS runs single-threaded when called inside them).
+ *
+ * Semantics worth knowing: masked attention keys get probability exactly 0 (what MTF's -1e9 bias
+ * gives for any row with a visible key); a query with no visible key (a decoder pad when the
+ * encoder row has no padding) gets an all-zero row instead of MTF's uniform one; such rows only
+ * feed pad positions, which carry no loss, so the loss and gradients are unaffected. An untied
+ * lm_head (v1.1) is initialised like MTF's dense kernels: truncated normal, stddev d^-0.5.
+ * The inner attention width is called HK, not I, because <complex.h> (pulled in by cblas.h)
+ * defines I.
+ *
+ * Set T5_PROFILE=1 to print, after every backward, the time spent per op class.
+ */
+#include "t5_model.h"
+
+#include <cblas.h>   /* cblas_sgemm */
+#include <math.h>
+#include <omp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/util.h"   /* FATAL, xmalloc*, now_seconds, Rng */
+
+/* ---------------------------------------------------------------------------------------------
+ * Profiling (optional): wall time per op class, accumulated over one forward+backward. */
+
+enum { PROF_MATMUL, PROF_ATTN, PROF_NORM, PROF_FFNACT, PROF_XENT, PROF_EMBED, PROF_OTHER, PROF_N };
+static const char *prof_names_[PROF_N] = {"matmul", "attention", "rmsnorm", "ffn_act", "xent",
+                                           "embed", "other"};
+static double prof_time_[PROF_N];
+static int prof_on_ = -1;
+
+static int prof_enabled_(void) {
+    if (prof_on_ < 0) {
+        const char *e = getenv("T5_PROFILE");
+        prof_on_ = (e && *e && *e != '0') ? 1 : 0;
+    }
+    return prof_on_;
+}
+#define PROF_BEGIN() double prof_t0_ = prof_enabled_() ? now_seconds() : 0.0
+#define PROF_END(cls) do { if (prof_on_ > 0) prof_time_[cls] += now_seconds() - prof_t0_; } while (0)
+
+/* ---------------------------------------------------------------------------------------------
+ * Relative position buckets. */
+
+int t5_relative_bucket(int rel, int bidirectional, int num_buckets, int max_distance) {
+    int n = -rel, ret = 0, nb = num_buckets;
+    if (bidirectional) {
+        nb /= 2;
+        if (n < 0) { ret = nb; n = -n; }   /* keys to the right of the query */
+    } else if (n < 0) {
+        n = 0;
+    }
+    int exact = nb / 2;
+    if (n < exact) return ret + n;
+    /* float32 math and truncation toward zero, as HF/MTF */
+    float v = logf((float)n / (float)exact) / logf((float)max_distance / (float)exact) *
+              (float)(nb - exact);
+    int b = exact + (int)v;
+    if (b > nb - 1) b = nb - 1;
+    return ret + b;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * matmul: out[N,OC] = alpha * inp[N,C] . W[OC,C]^T + beta * out */
+
+void t5_matmul_forward(float *out, const float *inp, const float *W, int N, int C, int OC,
+                       float alpha, float beta) {
+    PROF_BEGIN();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, alpha, inp, C, W, C, beta,
+                out, OC);
+    PROF_END(PROF_MATMUL);
+}
+
+/* dinp[N,C] = alpha * dout[N,OC] . W[OC,C] + dinp_beta * dinp;  dW[OC,C] += alpha * dout^T . inp */
+void t5_matmul_backward(float *dinp, float dinp_beta, float *dW, const float *dout,
+                        const float *inp, const float *W, int N, int C, int OC, float alpha) {
+    PROF_BEGIN();
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, alpha, dout, OC, W, C,
+                    dinp_beta, dinp, C);
+    if (dW)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, alpha, dout, OC, inp, C,
+                    1.0f, dW, C);
+    PROF_END(PROF_MATMUL);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * RMSNorm: inp[N,C], g[C] -> out[N,C] = g * inp * rstd, rstd[N] = (mean_c inp^2 + eps)^-1/2 */
+
+void t5_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *g, int N, int C,
+                        float eps) {
+    PROF_BEGIN();
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        float *y = out + (size_t)n * C;
+        float ss = 0.0f;
+#pragma omp simd reduction(+:ss)
+        for (int c = 0; c < C; c++) ss += x[c] * x[c];
+        float r = 1.0f / sqrtf(ss / (float)C + eps);
+        rstd[n] = r;
+#pragma omp simd
+        for (int c = 0; c < C; c++) y[c] = g[c] * x[c] * r;
+    }
+    PROF_END(PROF_NORM);
+}
+
+/* dinp[N,C] += r*g*dout - inp * r^3/C * sum_c(g*dout*inp);  dg[C] += sum_n dout*inp*r */
+void t5_rmsnorm_backward(float *dinp, float *dg, const float *dout, const float *inp,
+                         const float *g, const float *rstd, int N, int C) {
+    PROF_BEGIN();
+    int nt = omp_get_max_threads();
+    float *part = xcalloc((size_t)nt * C, sizeof(float));   /* per-thread dg partial sums */
+#pragma omp parallel
+    {
+        float *acc = part + (size_t)omp_get_thread_num() * C;
+#pragma omp for schedule(static)
+        for (int n = 0; n < N; n++) {
+            const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+            float *dx = dinp + (size_t)n * C;
+            float r = rstd[n], dot = 0.0f;
+#pragma omp simd reduction(+:dot)
+            for (int c = 0; c < C; c++) dot += g[c] * dy[c] * x[c];
+            float coef = dot * r * r * r / (float)C;
+#pragma omp simd
+            for (int c = 0; c < C; c++) {
+                dx[c] += r * g[c] * dy[c] - coef * x[c];
+                acc[c] += dy[c] * x[c] * r;
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++)
+        for (int c = 0; c < C; c++) dg[c] += part[(size_t)t * C + c];
+    free(part);
+    PROF_END(PROF_NORM);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Relative position bias: table[nb, H] -> bias_rel[H, Lq+Lk-1], indexed by j - i + Lq - 1.
+ * P[h,i,j] depends only on j - i, so one row per head serves every (b, layer) of a stack. */
+
+void t5_relbias_forward(float *bias_rel, const float *table, int Lq, int Lk, int H,
+                        int bidirectional, int num_buckets, int max_distance) {
+    int R = Lq + Lk - 1;
+    for (int r = 0; r < R; r++) {
+        int bucket = t5_relative_bucket(r - (Lq - 1), bidirectional, num_buckets, max_distance);
+        for (int h = 0; h < H; h++) bias_rel[(size_t)h * R + r] = table[(size_t)bucket * H + h];
+    }
+}
+
+/* dtable[nb, H] += sum_b dbias_rel[b, h, r] for every r whose bucket it is (double sums). */
+void t5_relbias_backward(float *dtable, const float *dbias_rel, int B, int Lq, int Lk, int H,
+                         int bidirectional, int num_buckets, int max_distance) {
+    int R = Lq + Lk - 1;
+    double *acc = xcalloc((size_t)num_buckets * H, sizeof(double));
+    for (int r = 0; r < R; r++) {
+        int bucket = t5_relative_bucket(r - (Lq - 1), bidirectional, num_buckets, max_distance);
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++)
+                acc[(size_t)bucket * H + h] += dbias_rel[((size_t)b * H + h) * R + r];
+    }
+    for (int i = 0; i < num_buckets * H; i++) dtable[i] += (float)acc[i];
+    free(acc);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Attention. Per (b, h): S = Q K^T + P (no 1/sqrt(K)), masked softmax over keys, O = A V.
+ * One OpenMP task per (b, h), each calling single-threaded sgemm on strided head views.
+ * Masked keys are excluded exactly (probability 0), which equals adding -1e9 for any row with
+ * at least one visible key and cannot produce NaN for a row with none (it becomes all zeros). */
+
+/* The softmax and cross-entropy loops compare floats; GCC only if-converts (and so vectorises)
+ * them when float compares are declared non-trapping. We never rely on FP exceptions. */
+#define VEC_KERNEL __attribute__((optimize("no-trapping-math")))
+
+/* Fast exp for the softmax: exp(x) for -87 <= x <= 0.3 via 2^n * p(r), rel err < 3e-7 (callers
+ * pass x - max <= 0); x < -87 -> 0.
+ * Written as plain arithmetic so `omp simd` loops vectorise it. */
+static inline VEC_KERNEL float exp_neg_(float x) {
+    float xc = x < -87.0f ? -87.0f : x;
+    float t = xc * 1.44269504088896341f;            /* x / ln 2 */
+    int n = (int)(t - 0.5f);                          /* round (t <= 0.5): truncation */
+    float fn = (float)n;
+    float r = xc - fn * 0.693145751953125f;          /* Cody-Waite: ln2 = hi + lo */
+    r = r - fn * 1.428606765330187045e-06f;
+    /* exp(r) on |r| <= ln2/2, degree-6 minimax-ish Taylor */
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.1666666667f + r * (0.04166666667f +
+              r * (0.008333333333f + r * 0.001388888889f)))));
+    union { float f; int32_t i; } s;
+    s.i = (n + 127) << 23;
+    float y = p * s.f;
+    return x < -87.0f ? 0.0f : y;
+}
+
+/* Softmax of one row in place: row[Lk] scores; visible keys j < jend with segk[j] == sq. */
+static VEC_KERNEL void softmax_row_(float *row, const float *brow, const int32_t *segk, int32_t sq,
+                         int jend, int Lk) {
+    if (brow) {
+#pragma omp simd
+        for (int j = 0; j < jend; j++) row[j] += brow[j];
+    }
+    float mx = -INFINITY;
+#pragma omp simd reduction(max:mx)
+    for (int j = 0; j < jend; j++) {
+        float s = segk[j] == sq ? row[j] : -INFINITY;
+        row[j] = s;
+        mx = s > mx ? s : mx;
+    }
+    if (mx == -INFINITY) {   /* no visible key */
+        memset(row, 0, (size_t)Lk * sizeof(float));
+        return;
+    }
+    float sum = 0.0f;
+#pragma omp simd reduction(+:sum)
+    for (int j = 0; j < jend; j++) {
+        float e = exp_neg_(row[j] - mx);   /* -inf - mx -> 0 */
+        row[j] = e;
+        sum += e;
+    }
+    float inv = 1.0f / sum;
+#pragma omp simd
+    for (int j = 0; j < jend; j++) row[j] *= inv;
+    for (int j = jend; j < Lk; j++) row[j] = 0.0f;
+}
+
+void t5_attention_forward(float *ctx, int ldc, float *att, const float *q, int ldq,
+                          const float *k, int ldk, const float *v, int ldv,
+                          const float *bias_rel, const int32_t *segq, const int32_t *segk,
+                          int causal, int B, int Lq, int Lk, int H, int K) {
+    PROF_BEGIN();
+    int R = Lq + Lk - 1;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H;
+        const float *qb = q + (size_t)b * Lq * ldq + (size_t)h * K;
+        const float *kb = k + (size_t)b * Lk * ldk + (size_t)h * K;
+        const float *vb = v + (size_t)b * Lk * ldv + (size_t)h * K;
+        float *A = att + (size_t)bh * Lq * Lk;
+        /* S[Lq,Lk] = Q[Lq,K] . K[Lk,K]^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Lq, Lk, K, 1.0f, qb, ldq, kb, ldk,
+                    0.0f, A, Lk);
+        for (int i = 0; i < Lq; i++) {
+            const float *brow = bias_rel ? bias_rel + (size_t)h * R + (Lq - 1 - i) : NULL;
+            int jend = causal ? (i + 1 < Lk ? i + 1 : Lk) : Lk;
+            softmax_row_(A + (size_t)i * Lk, brow, segk + (size_t)b * Lk,
+                         segq[(size_t)b * Lq + i], jend, Lk);
+        }
+        /* O[Lq,K] = A[Lq,Lk] . V[Lk,K] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Lq, K, Lk, 1.0f, A, Lk, vb, ldv,
+                    0.0f, ctx + (size_t)b * Lq * ldc + (size_t)h * K, ldc);
+    }
+    PROF_END(PROF_ATTN);
+}
+
+size_t t5_attention_scratch_floats(int Lq, int Lk) {
+    return (size_t)omp_get_max_threads() * Lq * Lk;
+}
+
+/* dV = A^T dO;  dA = dO V^T;  dS = A * (dA - rowsum(A * dA));  dQ = dS K;  dK = dS^T Q;
+ * dbias_rel[b,h, j-i+Lq-1] += dS[i,j]. */
+static void attention_backward_(float *dq, int lddq, float *dk, int lddk, float *dv, int lddv,
+                                float *dbias_rel, const float *dctx, int lddc, const float *att,
+                                const float *q, int ldq, const float *k, int ldk, const float *v,
+                                int ldv, int B, int Lq, int Lk, int H, int K, float *scratch,
+                                int nthreads) {
+    PROF_BEGIN();
+    int R = Lq + Lk - 1;
+    /* at most as many threads as scratch slices, whatever the OpenMP setting is now */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+    for (int bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H;
+        float *dS = scratch + (size_t)omp_get_thread_num() * Lq * Lk;
+        size_t qo = (size_t)b * Lq, ko = (size_t)b * Lk, ho = (size_t)h * K;
+        const float *A = att + (size_t)bh * Lq * Lk;
+        const float *dO = dctx + qo * lddc + ho;
+        /* dV[Lk,K] = A^T[Lk,Lq] . dO[Lq,K] */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Lk, K, Lq, 1.0f, A, Lk, dO, lddc,
+                    0.0f, dv + ko * lddv + ho, lddv);
+        /* dA[Lq,Lk] = dO[Lq,K] . V[Lk,K]^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Lq, Lk, K, 1.0f, dO, lddc,
+                    v + ko * ldv + ho, ldv, 0.0f, dS, Lk);
+        float *db = dbias_rel ? dbias_rel + (size_t)bh * R : NULL;
+        for (int i = 0; i < Lq; i++) {
+            const float *a = A + (size_t)i * Lk;
+            float *ds = dS + (size_t)i * Lk;
+            float dot = 0.0f;
+#pragma omp simd reduction(+:dot)
+            for (int j = 0; j < Lk; j++) dot += a[j] * ds[j];
+#pragma omp simd
+            for (int j = 0; j < Lk; j++) ds[j] = a[j] * (ds[j] - dot);
+            if (db) {
+                float *dbr = db + (Lq - 1 - i);
+#pragma omp simd
+                for (int j = 0; j < Lk; j++) dbr[j] += ds[j];
+            }
+        }
+        /* dQ[Lq,K] = dS[Lq,Lk] . K[Lk,K];  dK[Lk,K] = dS^T[Lk,Lq] . Q[Lq,K] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Lq, K, Lk, 1.0f, dS, Lk,
+                    k + ko * ldk + ho, ldk, 0.0f, dq + qo * lddq + ho, lddq);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Lk, K, Lq, 1.0f, dS, Lk,
+                    q + qo * ldq + ho, ldq, 0.0f, dk + ko * lddk + ho, lddk);
+    }
+    PROF_END(PROF_ATTN);
+}
+
+void t5_attention_backward(float *dq, int lddq, float *dk, int lddk, float *dv, int lddv,
+                           float *dbias_rel, const float *dctx, int lddc, const float *att,
+                           const float *q, int ldq, const float *k, int ldk, const float *v,
+                           int ldv, int B, int Lq, int Lk, int H, int K, float *scratch) {
+    attention_backward_(dq, lddq, dk, lddk, dv, lddv, dbias_rel, dctx, lddc, att, q, ldq, k, ldk,
+                        v, ldv, B, Lq, Lk, H, K, scratch, omp_get_max_threads());
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Feed-forward. ReLU (v1.0): h = relu(x wi^T), out += h wo^T.
+ * Gated GELU (v1.1): u = x [wi_0; wi_1]^T = [u0 | u1], h = gelu_tanh(u0) * u1, out += h wo^T. */
+
+#define GELU_C 0.7978845608028654f   /* sqrt(2/pi) */
+
+static inline float gelu_tanh_(float x) {
+    return 0.5f * x * (1.0f + tanhf(GELU_C * (x + 0.044715f * x * x * x)));
+}
+static inline float gelu_tanh_grad_(float x) {
+    float t = tanhf(GELU_C * (x + 0.044715f * x * x * x));
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * 0.044715f * x * x);
+}
+
+void t5_ffn_forward(float *out, float *u, float *h, const float *inp, const float *wi,
+                    const float *wo, int N, int d, int f, T5FfnKind kind) {
+    if (kind == T5_FFN_RELU) {
+        t5_matmul_forward(h, inp, wi, N, d, f, 1.0f, 0.0f);      /* h[N,f] = inp[N,d] wi[f,d]^T */
+        PROF_BEGIN();
+        size_t nf = (size_t)N * f;
+#pragma omp parallel for simd schedule(static)
+        for (size_t i = 0; i < nf; i++) h[i] = h[i] > 0.0f ? h[i] : 0.0f;
+        PROF_END(PROF_FFNACT);
+    } else {
+        t5_matmul_forward(u, inp, wi, N, d, 2 * f, 1.0f, 0.0f);  /* u[N,2f] */
+        PROF_BEGIN();
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) {
+            const float *u0 = u + (size_t)n * 2 * f, *u1 = u0 + f;
+            float *hn = h + (size_t)n * f;
+            for (int c = 0; c < f; c++) hn[c] = gelu_tanh_(u0[c]) * u1[c];
+        }
+        PROF_END(PROF_FFNACT);
+    }
+    t5_matmul_forward(out, h, wo, N, f, d, 1.0f, 1.0f);          /* out[N,d] += h[N,f] wo[d,f]^T */
+}
+
+void t5_ffn_backward(float *dinp, float *dwi, float *dwo, float *dh, float *du,
+                     const float *dout, const float *u, const float *h, const float *inp,
+                     const float *wi, const float *wo, int N, int d, int f, T5FfnKind kind) {
+    t5_matmul_backward(dh, 0.0f, dwo, dout, h, wo, N, f, d, 1.0f);   /* dh[N,f], dwo[d,f] */
+    if (kind == T5_FFN_RELU) {
+        PROF_BEGIN();
+        size_t nf = (size_t)N * f;
+#pragma omp parallel for simd schedule(static)
+        for (size_t i = 0; i < nf; i++) dh[i] = h[i] > 0.0f ? dh[i] : 0.0f;
+        PROF_END(PROF_FFNACT);
+        t5_matmul_backward(dinp, 0.0f, dwi, dh, inp, wi, N, d, f, 1.0f);
+    } else {
+        PROF_BEGIN();
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) {
+            const float *u0 = u + (size_t)n * 2 * f, *u1 = u0 + f;
+            const float *dhn = dh + (size_t)n * f;
+            float *du0 = du + (size_t)n * 2 * f, *du1 = du0 + f;
+            for (int c = 0; c < f; c++) {
+                du0[c] = dhn[c] * u1[c] * gelu_tanh_grad_(u0[c]);
+                du1[c] = dhn[c] * gelu_tanh_(u0[c]);
+            }
+        }
+        PROF_END(PROF_FFNACT);
+        t5_matmul_backward(dinp, 0.0f, dwi, du, inp, wi, N, d, 2 * f, 1.0f);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Embedding: out[N,C] = E[ids[n], :]; backward scatters rows into dE. The backward splits the
+ * C columns among threads, so no two threads touch the same element (deterministic). */
+
+void t5_embedding_forward(float *out, const int32_t *ids, const float *E, int N, int C) {
+    PROF_BEGIN();
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++)
+        memcpy(out + (size_t)n * C, E + (size_t)ids[n] * C, (size_t)C * sizeof(float));
+    PROF_END(PROF_EMBED);
+}
+
+void t5_embedding_backward(float *dE, const int32_t *ids, const float *dout, int N, int C) {
+    PROF_BEGIN();
+#pragma omp parallel
+    {
+        int nt = omp_get_num_threads(), t = omp_get_thread_num();
+        int c0 = (int)((long)C * t / nt), c1 = (int)((long)C * (t + 1) / nt);
+        for (int n = 0; n < N; n++) {
+            float *dst = dE + (size_t)ids[n] * C;
+            const float *src = dout + (size_t)n * C;
+            for (int c = c0; c < c1; c++) dst[c] += src[c];
+        }
+    }
+    PROF_END(PROF_EMBED);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Softmax cross-entropy + z-loss. logits[N,V], labels[N] (0 = ignored).
+ * ce_n = logZ_n - logits[n, y_n], z_n = logZ_n^2. Gradient of ce + zc*z w.r.t. the logits:
+ * (1 + 2 zc logZ) softmax - onehot(y). */
+
+VEC_KERNEL void t5_xent_forward(T5LossStats *stats, float *logZ, const float *logits,
+                     const int32_t *labels, int N, int V) {
+    PROF_BEGIN();
+    double *ce = xmalloc((size_t)N * sizeof(double));
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *row = logits + (size_t)n * V;
+        float mx = -INFINITY;
+#pragma omp simd reduction(max:mx)
+        for (int j = 0; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+        float sum = 0.0f;
+#pragma omp simd reduction(+:sum)
+        for (int j = 0; j < V; j++) sum += exp_neg_(row[j] - mx);
+        float lz = mx + logf(sum);
+        logZ[n] = lz;
+        ce[n] = labels[n] != 0 ? (double)lz - (double)row[labels[n]] : 0.0;
+    }
+    for (int n = 0; n < N; n++) {   /* serial sums: the result does not depend on thread count */
+        if (labels[n] == 0) continue;
+        stats->ce_sum += ce[n];
+        stats->z_sum += (double)logZ[n] * (double)logZ[n];
+        stats->tokens++;
+    }
+    free(ce);
+    PROF_END(PROF_XENT);
+}
+
+VEC_KERNEL void t5_xent_backward(float *logits, const float *logZ, const int32_t *labels, int N, int V,
+                      float zc, float scale) {
+    PROF_BEGIN();
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float *row = logits + (size_t)n * V;
+        if (labels[n] == 0) { memset(row, 0, (size_t)V * sizeof(float)); continue; }
+        float lz = logZ[n], a = scale * (1.0f + 2.0f * zc * lz);
+#pragma omp simd
+        for (int j = 0; j < V; j++) row[j] = a * exp_neg_(row[j] - lz);
+        row[labels[n]] -= scale;
+    }
+    PROF_END(PROF_XENT);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Parameter table: Hugging Face names, shapes and state-dict order. */
+
+static void add_tensor_(T5Model *m, int *cap, size_t *off, const char *name, int ndim, int s0,
+                        int s1) {
+    if (m->num_tensors == *cap) {
+        *cap = *cap ? 2 * *cap : 64;
+        m->tensors = xrealloc(m->tensors, (size_t)*cap * sizeof(T5Tensor));
+    }
+    T5Tensor *t = &m->tensors[m->num_tensors++];
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->ndim = ndim;
+    t->shape[0] = s0;
+    t->shape[1] = ndim == 2 ? s1 : 0;
+    t->numel = (size_t)s0 * (ndim == 2 ? (size_t)s1 : 1);
+    t->offset = *off;
+    *off += t->numel;
+}
+
+void t5_model_build(T5Model *m, const T5Config *cfg) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    const T5Config *c = cfg;
+    if (c->n_enc_layers < 1 || c->n_dec_layers < 1 || c->d_model < 1 || c->d_ff < 1 ||
+        c->n_heads < 1 || c->d_kv < 1 || c->vocab_size < 2 || c->num_buckets < 2 ||
+        c->max_distance < 2 || (c->ffn != T5_FFN_RELU && c->ffn != T5_FFN_GATED_GELU))
+        FATAL("validate the config with t5_config_validate first",
+              "t5_model_build: invalid config '%s' (el=%d dl=%d d=%d f=%d h=%d k=%d V=%d ffn=%d "
+              "tied=%d)", c->name, c->n_enc_layers, c->n_dec_layers, c->d_model, c->d_ff,
+              c->n_heads, c->d_kv, c->vocab_size, (int)c->ffn, c->tied_embedding);
+    int d = c->d_model, f = c->d_ff, H = c->n_heads, HK = c->n_heads * c->d_kv;
+    int V = c->vocab_size, nb = c->num_buckets, gated = c->ffn == T5_FFN_GATED_GELU;
+    int cap = 0;
+    size_t off = 0;
+    char nm[96];
+    add_tensor_(m, &cap, &off, "shared.weight", 2, V, d);
+    for (int stack = 0; stack < 2; stack++) {
+        const char *sn = stack == 0 ? "encoder" : "decoder";
+        int L = stack == 0 ? c->n_enc_layers : c->n_dec_layers;
+        for (int l = 0; l < L; l++) {
+            static const char *qkvo[4] = {"q", "k", "v", "o"};
+            for (int w = 0; w < 4; w++) {
+                snprintf(nm, sizeof nm, "%s.block.%d.layer.0.SelfAttention.%s.weight", sn, l, qkvo[w]);
+                add_tensor_(m, &cap, &off, nm, 2, w < 3 ? HK : d, w < 3 ? d : HK);
+            }
+            if (l == 0) {
+                snprintf(nm, sizeof nm, "%s.block.0.layer.0.SelfAttention.relative_attention_bias.weight", sn);
+                add_tensor_(m, &cap, &off, nm, 2, nb, H);
+            }
+            snprintf(nm, sizeof nm, "%s.block.%d.layer.0.layer_norm.weight", sn, l);
+            add_tensor_(m, &cap, &off, nm, 1, d, 0);
+            int ff = 1;
+            if (stack == 1) {
+                for (int w = 0; w < 4; w++) {
+                    snprintf(nm, sizeof nm, "%s.block.%d.layer.1.EncDecAttention.%s.weight", sn, l, qkvo[w]);
+                    add_tensor_(m, &cap, &off, nm, 2, w < 3 ? HK : d, w < 3 ? d : HK);
+                }
+                snprintf(nm, sizeof nm, "%s.block.%d.layer.1.layer_norm.weight", sn, l);
+                add_tensor_(m, &cap, &off, nm, 1, d, 0);
+                ff = 2;
+            }
+            if (gated) {
+                snprintf(nm, sizeof nm, "%s.block.%d.layer.%d.DenseReluDense.wi_0.weight", sn, l, ff);
+                add_tensor_(m, &cap, &off, nm, 2, f, d);
+                snprintf(nm, sizeof nm, "%s.block.%d.layer.%d.DenseReluDense.wi_1.weight", sn, l, ff);
+                add_tensor_(m, &cap, &off, nm, 2, f, d);
+            } else {
+                snprintf(nm, sizeof nm, "%s.block.%d.layer.%d.DenseReluDense.wi.weight", sn, l, ff);
+                add_tensor_(m, &cap, &off, nm, 2, f, d);
+            }
+            snprintf(nm, sizeof nm, "%s.block.%d.layer.%d.DenseReluDense.wo.weight", sn, l, ff);
+            add_tensor_(m, &cap, &off, nm, 2, d, f);
+            snprintf(nm, sizeof nm, "%s.block.%d.layer.%d.layer_norm.weight", sn, l, ff);
+            add_tensor_(m, &cap, &off, nm, 1, d, 0);
+        }
+        snprintf(nm, sizeof nm, "%s.final_layer_norm.weight", sn);
+        add_tensor_(m, &cap, &off, nm, 1, d, 0);
+    }
+    if (!c->tied_embedding) add_tensor_(m, &cap, &off, "lm_head.weight", 2, V, d);
+    m->num_params = off;
+    m->params = xmalloc_aligned(off * sizeof(float));
+    m->grads = xmalloc_aligned(off * sizeof(float));
+    memset(m->params, 0, off * sizeof(float));
+    memset(m->grads, 0, off * sizeof(float));
+}
+
+int t5_model_find_tensor(const T5Model *m, const char *name) {
+    if (m->cfg.tied_embedding && (!strcmp(name, "lm_head.weight") ||
+                                  !strcmp(name, "encoder.embed_tokens.weight") ||
+                                  !strcmp(name, "decoder.embed_tokens.weight")))
+        name = "shared.weight";
+    else if (!strcmp(name, "encoder.embed_tokens.weight") ||
+             !strcmp(name, "decoder.embed_tokens.weight"))
+        name = "shared.weight";
+    for (int i = 0; i < m->num_tensors; i++)
+        if (!strcmp(m->tensors[i].name, name)) return i;
+    return -1;
+}
+
+/* Pointer to tensor `fmt` (formatted) inside base (params or grads); fatal if missing, which
+ * would be a bug in the table above. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static float *tensor_ptr_(const T5Model *m, float *base, const char *fmt, ...) {
+    char nm[128];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(nm, sizeof nm, fmt, ap);
+    va_end(ap);
+    int i = t5_model_find_tensor(m, nm);
+    if (i < 0) FATAL("this is a bug in t5_model.c", "tensor '%s' missing from the table", nm);
+    return base + m->tensors[i].offset;
+}
+
+/* The weights of one layer as pointers into base. q,k,v are adjacent in the table, so
+ * qkv is one [3I, d] matrix; likewise cross-attention k,v ([2I, d]) and wi_0,wi_1 ([2f, d]). */
+typedef struct {
+    float *qkv, *o, *ln_sa;             /* self-attention */
+    float *xq, *xkv, *xo, *ln_ca;       /* cross-attention (decoder only) */
+    float *wi, *wo, *ln_ff;             /* feed-forward */
+} LayerW;
+
+static void layer_ptrs_(const T5Model *m, float *base, int dec, int l, LayerW *w) {
+    const char *sn = dec ? "decoder" : "encoder";
+    int gated = m->cfg.ffn == T5_FFN_GATED_GELU, ff = dec ? 2 : 1;
+    memset(w, 0, sizeof *w);
+    w->qkv = tensor_ptr_(m, base, "%s.block.%d.layer.0.SelfAttention.q.weight", sn, l);
+    w->o = tensor_ptr_(m, base, "%s.block.%d.layer.0.SelfAttention.o.weight", sn, l);
+    w->ln_sa = tensor_ptr_(m, base, "%s.block.%d.layer.0.layer_norm.weight", sn, l);
+    if (dec) {
+        w->xq = tensor_ptr_(m, base, "%s.block.%d.layer.1.EncDecAttention.q.weight", sn, l);
+        w->xkv = tensor_ptr_(m, base, "%s.block.%d.layer.1.EncDecAttention.k.weight", sn, l);
+        w->xo = tensor_ptr_(m, base, "%s.block.%d.layer.1.EncDecAttention.o.weight", sn, l);
+        w->ln_ca = tensor_ptr_(m, base, "%s.block.%d.layer.1.layer_norm.weight", sn, l);
+    }
+    w->wi = tensor_ptr_(m, base, gated ? "%s.block.%d.layer.%d.DenseReluDense.wi_0.weight"
+                                       : "%s.block.%d.layer.%d.DenseReluDense.wi.weight", sn, l, ff);
+    w->wo = tensor_ptr_(m, base, "%s.block.%d.layer.%d.DenseReluDense.wo.weight", sn, l, ff);
+    w->ln_ff = tensor_ptr_(m, base, "%s.block.%d.layer.%d.layer_norm.weight", sn, l, ff);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Mesh TensorFlow initialisation (t5-spec.md section 3). Each tensor is filled in chunks of
+ * 2^16 elements; chunk c of tensor t draws from the counter-based stream (seed, t<<32 | c), so
+ * the result is a pure function of the seed, independent of the thread count. */
+
+enum { INIT_NORMAL, INIT_TRUNC, INIT_UNIFORM, INIT_ONES };
+
+void t5_model_init_weights(T5Model *m, uint64_t seed) {
+    const T5Config *c = &m->cfg;
+    double d = c->d_model, k = c->d_kv, HK = (double)c->n_heads * c->d_kv, f = c->d_ff;
+    for (int ti = 0; ti < m->num_tensors; ti++) {
+        const T5Tensor *t = &m->tensors[ti];
+        const char *nm = t->name;
+        int kind;
+        double s;
+        if (!strcmp(nm, "shared.weight")) { kind = INIT_NORMAL; s = 1.0; }
+        else if (!strcmp(nm, "lm_head.weight")) { kind = INIT_TRUNC; s = 1.0 / sqrt(d); }
+        else if (strstr(nm, "relative_attention_bias")) {
+            kind = INIT_UNIFORM; s = sqrt(6.0 / (c->n_heads + c->num_buckets));
+        }
+        else if (strstr(nm, "layer_norm")) { kind = INIT_ONES; s = 1.0; }
+        else if (strstr(nm, "DenseReluDense.wi")) { kind = INIT_TRUNC; s = 1.0 / sqrt(d); }
+        else if (strstr(nm, "DenseReluDense.wo")) { kind = INIT_TRUNC; s = 1.0 / sqrt(f); }
+        else if (strstr(nm, ".q.weight")) { kind = INIT_NORMAL; s = 1.0 / sqrt(d * k); }
+        else if (strstr(nm, ".k.weight") || strstr(nm, ".v.weight")) {
+            kind = INIT_NORMAL; s = 1.0 / sqrt(d);
+        }
+        else if (strstr(nm, ".o.weight")) { kind = INIT_NORMAL; s = 1.0 / sqrt(HK); }
+        else FATAL("this is a bug in t5_model.c", "no initialiser for tensor '%s'", nm);
+        float *p = m->params + t->offset;
+        const size_t chunk = (size_t)1 << 16;
+        long nchunks = (long)((t->numel + chunk - 1) / chunk);
+#pragma omp parallel for schedule(dynamic, 1)
+        for (long ch = 0; ch < nchunks; ch++) {
+            Rng r = rng_make(seed, ((uint64_t)ti << 32) | (uint64_t)ch);
+            size_t i0 = (size_t)ch * chunk, i1 = i0 + chunk < t->numel ? i0 + chunk : t->numel;
+            for (size_t i = i0; i < i1; i++) {
+                double x;
+                switch (kind) {
+                case INIT_NORMAL: x = s * rng_next_normal(&r); break;
+                case INIT_TRUNC:  /* resample outside +-2 sigma, as tf.truncated_normal */
+                    do { x = rng_next_normal(&r); } while (fabs(x) > 2.0);
+                    x *= s; break;
+                case INIT_UNIFORM: x = s * (2.0 * rng_next_double(&r) - 1.0); break;
+                default: x = 1.0; break;
+                }
+                p[i] = (float)x;
+            }
+        }
+    }
+}
+
+void t5_model_zero_grad(T5Model *m) {
+    memset(m->grads, 0, m->num_params * sizeof(float));
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Activations: one allocation carved into named buffers, sized for (B, Le, Ld); grows when a
+ * larger batch comes. The same carving function counts the bytes for
+ * t5_model_activation_bytes. */
+
+struct T5Activations {
+    int B, Le, Ld, nthreads;
+    size_t cap_floats, cap_ints;
+    float *mem;
+    int32_t *imem;
+    float zc;
+    int have_forward;
+    /* inputs (copies) */
+    int32_t *enc_ids, *enc_seg, *dec_ids, *labels, *dec_seg;   /* [N] / [M] */
+    /* encoder, N = B*Le tokens */
+    float *enc_res;     /* [2el+1, N, d] residual stream: 2l = attn input, 2l+1 = ffn input */
+    float *enc_ln;      /* [2el, N, d] normed sub-layer inputs */
+    float *enc_rstd;    /* [2el, N] */
+    float *enc_qkv;     /* [el, N, 3I] */
+    float *enc_att;     /* [el, B, H, Le, Le] probabilities */
+    float *enc_ctx;     /* [el, N, HK] */
+    float *enc_ffu;     /* [el, N, 2f] gated pre-activations (gated only) */
+    float *enc_ffh;     /* [el, N, f] */
+    float *enc_out;     /* [N, d] after the final norm */
+    float *enc_out_rstd;/* [N] */
+    float *enc_bias;    /* [H, 2Le-1] */
+    /* decoder, M = B*Ld tokens */
+    float *dec_res;     /* [3dl+1, M, d]: 3l self, 3l+1 cross, 3l+2 ffn input */
+    float *dec_ln;      /* [3dl, M, d] */
+    float *dec_rstd;    /* [3dl, M] */
+    float *dec_qkv;     /* [dl, M, 3I] */
+    float *dec_att;     /* [dl, B, H, Ld, Ld] */
+    float *dec_ctx;     /* [dl, M, HK] */
+    float *dec_xq;      /* [dl, M, HK] */
+    float *dec_xkv;     /* [dl, N, 2I] */
+    float *dec_xatt;    /* [dl, B, H, Ld, Le] */
+    float *dec_xctx;    /* [dl, M, HK] */
+    float *dec_ffu;     /* [dl, M, 2f] (gated only) */
+    float *dec_ffh;     /* [dl, M, f] */
+    float *dec_out;     /* [M, d] */
+    float *dec_out_rstd;/* [M] */
+    float *dec_bias;    /* [H, 2Ld-1] */
+    float *logits;      /* [M, V]; becomes dlogits in backward */
+    float *logZ;        /* [M] */
+    /* backward scratch */
+    float *d_res;       /* [max(N,M), d] running residual gradient */
+    float *d_ln;        /* [max(N,M), d] */
+    float *d_enc_out;   /* [N, d] */
+    float *d_qkv;       /* [max(N*3I, M*3I)] also cross dkv [N, 2I] */
+    float *d_q;         /* [M, HK] */
+    float *d_ctx;       /* [max(N,M), HK] */
+    float *d_ffh;       /* [max(N,M), f] */
+    float *d_ffu;       /* [max(N,M), 2f] (gated only) */
+    float *d_bias_enc;  /* [B, H, 2Le-1] */
+    float *d_bias_dec;  /* [B, H, 2Ld-1] */
+    float *att_scratch; /* [nthreads, max(Le*Le, Ld*Le)] */
+};
+
+static float *bump_(float *base, size_t *off, size_t n) {
+    float *p = base ? base + *off : NULL;
+    *off += (n + 15) & ~(size_t)15;   /* keep every buffer 64-byte aligned */
+    return p;
+}
+
+/* Carve (or, with base == NULL, only count) the activation floats for (B, Le, Ld). */
+static size_t carve_(T5Activations *a, const T5Config *c, float *base, int B, int Le, int Ld,
+                     int nthreads) {
+    size_t d = c->d_model, f = c->d_ff, H = c->n_heads, HK = H * c->d_kv, V = c->vocab_size;
+    size_t el = c->n_enc_layers, dl = c->n_dec_layers;
+    size_t N = (size_t)B * Le, M = (size_t)B * Ld, NM = N > M ? N : M;
+    size_t fu = c->ffn == T5_FFN_GATED_GELU ? 2 * f : 0;
+    size_t o = 0;
+    T5Activations t;
+    if (!a) a = &t;
+    a->enc_res = bump_(base, &o, (2 * el + 1) * N * d);
+    a->enc_ln = bump_(base, &o, 2 * el * N * d);
+    a->enc_rstd = bump_(base, &o, 2 * el * N);
+    a->enc_qkv = bump_(base, &o, el * N * 3 * HK);
+    a->enc_att = bump_(base, &o, el * B * H * Le * Le);
+    a->enc_ctx = bump_(base, &o, el * N * HK);
+    a->enc_ffu = bump_(base, &o, el * N * fu);
+    a->enc_ffh = bump_(base, &o, el * N * f);
+    a->enc_out = bump_(base, &o, N * d);
+    a->enc_out_rstd = bump_(base, &o, N);
+    a->enc_bias = bump_(base, &o, H * (2 * Le - 1));
+    a->dec_res = bump_(base, &o, (3 * dl + 1) * M * d);
+    a->dec_ln = bump_(base, &o, 3 * dl * M * d);
+    a->dec_rstd = bump_(base, &o, 3 * dl * M);
+    a->dec_qkv = bump_(base, &o, dl * M * 3 * HK);
+    a->dec_att = bump_(base, &o, dl * B * H * Ld * Ld);
+    a->dec_ctx = bump_(base, &o, dl * M * HK);
+    a->dec_xq = bump_(base, &o, dl * M * HK);
+    a->dec_xkv = bump_(base, &o, dl * N * 2 * HK);
+    a->dec_xatt = bump_(base, &o, dl * B * H * Ld * Le);
+    a->dec_xctx = bump_(base, &o, dl * M * HK);
+    a->dec_ffu = bump_(base, &o, dl * M * fu);
+    a->dec_ffh = bump_(base, &o, dl * M * f);
+    a->dec_out = bump_(base, &o, M * d);
+    a->dec_out_rstd = bump_(base, &o, M);
+    a->dec_bias = bump_(base, &o, H * (2 * Ld - 1));
+    a->logits = bump_(base, &o, M * V);
+    a->logZ = bump_(base, &o, M);
+    a->d_res = bump_(base, &o, NM * d);
+    a->d_ln = bump_(base, &o, NM * d);
+    a->d_enc_out = bump_(base, &o, N * d);
+    a->d_qkv = bump_(base, &o, NM * 3 * HK);
+    a->d_q = bump_(base, &o, M * HK);
+    a->d_ctx = bump_(base, &o, NM * HK);
+    a->d_ffh = bump_(base, &o, NM * f);
+    a->d_ffu = bump_(base, &o, NM * fu);
+    a->d_bias_enc = bump_(base, &o, (size_t)B * H * (2 * Le - 1));
+    a->d_bias_dec = bump_(base, &o, (size_t)B * H * (2 * Ld - 1));
+    size_t LL = (size_t)Le * Le > (size_t)Ld * Le ? (size_t)Le * Le : (size_t)Ld * Le;
+    a->att_scratch = bump_(base, &o, (size_t)nthreads * LL);
+    return o;
+}
+
+size_t t5_model_activation_bytes(const T5Config *cfg, int B, int Le, int Ld) {
+    size_t floats = carve_(NULL, cfg, NULL, B, Le, Ld, omp_get_max_threads());
+    size_t ints = 2 * (size_t)B * Le + 3 * (size_t)B * Ld;   /* as acts_prepare_ */
+    return floats * sizeof(float) + ints * sizeof(int32_t);
+}
+
+static void acts_prepare_(T5Model *m, int B, int Le, int Ld) {
+    T5Activations *a = m->acts;
+    if (!a) { a = m->acts = xcalloc(1, sizeof *a); }
+    int nt = omp_get_max_threads();
+    size_t need = carve_(NULL, &m->cfg, NULL, B, Le, Ld, nt);
+    if (need > a->cap_floats) {
+        free(a->mem);
+        a->mem = xmalloc_aligned(need * sizeof(float));
+        a->cap_floats = need;
+    }
+    size_t ni = 2 * (size_t)B * Le + 3 * (size_t)B * Ld;
+    if (ni > a->cap_ints) {
+        free(a->imem);
+        a->imem = xmalloc(ni * sizeof(int32_t));
+        a->cap_ints = ni;
+    }
+    carve_(a, &m->cfg, a->mem, B, Le, Ld, nt);
+    a->B = B; a->Le = Le; a->Ld = Ld; a->nthreads = nt;
+    size_t N = (size_t)B * Le, M = (size_t)B * Ld;
+    a->enc_ids = a->imem;
+    a->enc_seg = a->enc_ids + N;
+    a->dec_ids = a->enc_seg + N;
+    a->labels = a->dec_ids + M;
+    a->dec_seg = a->labels + M;
+}
+
+void t5_model_free(T5Model *m) {
+    if (m->acts) { free(m->acts->mem); free(m->acts->imem); free(m->acts); }
+    free(m->params);
+    free(m->grads);
+    free(m->tensors);
+    memset(m, 0, sizeof *m);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Model forward. */
+
+static float *head_weight_(const T5Model *m, float *base) {
+    return tensor_ptr_(m, base, m->cfg.tied_embedding ? "shared.weight" : "lm_head.weight");
+}
+
+void t5_model_forward(T5Model *m, const T5Batch *b, float z_loss_coef, T5LossStats *out) {
+    const T5Config *c = &m->cfg;
+    int B = b->B, Le = b->Le, Ld = b->Ld;
+    if (B < 1 || Le < 1 || Ld < 1)
+        FATAL("the batch must have B, Le, Ld >= 1", "t5_model_forward: bad batch %dx%d/%d", B, Le, Ld);
+    acts_prepare_(m, B, Le, Ld);
+    T5Activations *a = m->acts;
+    int d = c->d_model, f = c->d_ff, H = c->n_heads, K = c->d_kv, HK = H * K, V = c->vocab_size;
+    int el = c->n_enc_layers, dl = c->n_dec_layers;
+    size_t N = (size_t)B * Le, M = (size_t)B * Ld;
+    float eps = c->layer_norm_eps;
+    T5FfnKind kind = c->ffn;
+    size_t fu = kind == T5_FFN_GATED_GELU ? 2 * (size_t)f : 0;
+    memcpy(a->enc_ids, b->enc_ids, N * sizeof(int32_t));
+    memcpy(a->enc_seg, b->enc_seg, N * sizeof(int32_t));
+    memcpy(a->dec_ids, b->dec_in_ids, M * sizeof(int32_t));
+    memcpy(a->labels, b->labels, M * sizeof(int32_t));
+    memcpy(a->dec_seg, b->dec_seg, M * sizeof(int32_t));
+    a->zc = z_loss_coef;
+    float *P = m->params;
+    float *E = tensor_ptr_(m, P, "shared.weight");
+
+    /* encoder */
+    t5_relbias_forward(a->enc_bias,
+        tensor_ptr_(m, P, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+        Le, Le, H, 1, c->num_buckets, c->max_distance);
+    t5_embedding_forward(a->enc_res, a->enc_ids, E, (int)N, d);
+    for (int l = 0; l < el; l++) {
+        LayerW w;
+        layer_ptrs_(m, P, 0, l, &w);
+        float *x0 = a->enc_res + (size_t)(2 * l) * N * d, *x1 = x0 + N * d, *x2 = x1 + N * d;
+        float *ln0 = a->enc_ln + (size_t)(2 * l) * N * d, *ln1 = ln0 + N * d;
+        float *r0 = a->enc_rstd + (size_t)(2 * l) * N, *r1 = r0 + N;
+        float *qkv = a->enc_qkv + (size_t)l * N * 3 * HK, *ctx = a->enc_ctx + (size_t)l * N * HK;
+        float *att = a->enc_att + (size_t)l * B * H * Le * Le;
+        /* self-attention: x1 = x0 + Attn(rmsnorm(x0)) */
+        t5_rmsnorm_forward(ln0, r0, x0, w.ln_sa, (int)N, d, eps);
+        t5_matmul_forward(qkv, ln0, w.qkv, (int)N, d, 3 * HK, 1.0f, 0.0f);
+        t5_attention_forward(ctx, HK, att, qkv, 3 * HK, qkv + HK, 3 * HK, qkv + 2 * HK, 3 * HK,
+                             a->enc_bias, a->enc_seg, a->enc_seg, 0, B, Le, Le, H, K);
+        memcpy(x1, x0, N * d * sizeof(float));
+        t5_matmul_forward(x1, ctx, w.o, (int)N, HK, d, 1.0f, 1.0f);
+        /* feed-forward: x2 = x1 + FFN(rmsnorm(x1)) */
+        t5_rmsnorm_forward(ln1, r1, x1, w.ln_ff, (int)N, d, eps);
+        memcpy(x2, x1, N * d * sizeof(float));
+        t5_ffn_forward(x2, a->enc_ffu + (size_t)l * N * fu, a->enc_ffh + (size_t)l * N * f,
+                       ln1, w.wi, w.wo, (int)N, d, f, kind);
+    }
+    t5_rmsnorm_forward(a->enc_out, a->enc_out_rstd, a->enc_res + (size_t)(2 * el) * N * d,
+                       tensor_ptr_(m, P, "encoder.final_layer_norm.weight"), (int)N, d, eps);
+
+    /* decoder */
+    t5_relbias_forward(a->dec_bias,
+        tensor_ptr_(m, P, "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+        Ld, Ld, H, 0, c->num_buckets, c->max_distance);
+    t5_embedding_forward(a->dec_res, a->dec_ids, E, (int)M, d);
+    for (int l = 0; l < dl; l++) {
+        LayerW w;
+        layer_ptrs_(m, P, 1, l, &w);
+        float *x0 = a->dec_res + (size_t)(3 * l) * M * d, *x1 = x0 + M * d, *x2 = x1 + M * d,
+              *x3 = x2 + M * d;
+        float *ln0 = a->dec_ln + (size_t)(3 * l) * M * d, *ln1 = ln0 + M * d, *ln2 = ln1 + M * d;
+        float *r0 = a->dec_rstd + (size_t)(3 * l) * M, *r1 = r0 + M, *r2 = r1 + M;
+        float *qkv = a->dec_qkv + (size_t)l * M * 3 * HK, *ctx = a->dec_ctx + (size_t)l * M * HK;
+        float *att = a->dec_att + (size_t)l * B * H * Ld * Ld;
+        float *xq = a->dec_xq + (size_t)l * M * HK, *xkv = a->dec_xkv + (size_t)l * N * 2 * HK;
+        float *xatt = a->dec_xatt + (size_t)l * B * H * Ld * Le;
+        float *xctx = a->dec_xctx + (size_t)l * M * HK;
+        /* causal self-attention */
+        t5_rmsnorm_forward(ln0, r0, x0, w.ln_sa, (int)M, d, eps);
+        t5_matmul_forward(qkv, ln0, w.qkv, (int)M, d, 3 * HK, 1.0f, 0.0f);
+        t5_attention_forward(ctx, HK, att, qkv, 3 * HK, qkv + HK, 3 * HK, qkv + 2 * HK, 3 * HK,
+                             a->dec_bias, a->dec_seg, a->dec_seg, 1, B, Ld, Ld, H, K);
+        memcpy(x1, x0, M * d * sizeof(float));
+        t5_matmul_forward(x1, ctx, w.o, (int)M, HK, d, 1.0f, 1.0f);
+        /* cross-attention on the encoder output, no position bias */
+        t5_rmsnorm_forward(ln1, r1, x1, w.ln_ca, (int)M, d, eps);
+        t5_matmul_forward(xq, ln1, w.xq, (int)M, d, HK, 1.0f, 0.0f);
+        t5_matmul_forward(xkv, a->enc_out, w.xkv, (int)N, d, 2 * HK, 1.0f, 0.0f);
+        t5_attention_forward(xctx, HK, xatt, xq, HK, xkv, 2 * HK, xkv + HK, 2 * HK, NULL, a->dec_seg,
+                             a->enc_seg, 0, B, Ld, Le, H, K);
+        memcpy(x2, x1, M * d * sizeof(float));
+        t5_matmul_forward(x2, xctx, w.xo, (int)M, HK, d, 1.0f, 1.0f);
+        /* feed-forward */
+        t5_rmsnorm_forward(ln2, r2, x2, w.ln_ff, (int)M, d, eps);
+        memcpy(x3, x2, M * d * sizeof(float));
+        t5_ffn_forward(x3, a->dec_ffu + (size_t)l * M * fu, a->dec_ffh + (size_t)l * M * f, ln2,
+                       w.wi, w.wo, (int)M, d, f, kind);
+    }
+    t5_rmsnorm_forward(a->dec_out, a->dec_out_rstd, a->dec_res + (size_t)(3 * dl) * M * d,
+                       tensor_ptr_(m, P, "decoder.final_layer_norm.weight"), (int)M, d, eps);
+
+    /* output head: logits[M,V] = (dec_out * d^-0.5) E^T (tied) or dec_out lm_head^T */
+    float alpha = c->tied_embedding ? 1.0f / sqrtf((float)d) : 1.0f;
+    t5_matmul_forward(a->logits, a->dec_out, head_weight_(m, P), (int)M, d, V, alpha, 0.0f);
+    out->ce_sum = 0.0; out->z_sum = 0.0; out->tokens = 0;
+    t5_xent_forward(out, a->logZ, a->logits, a->labels, (int)M, V);
+    a->have_forward = 1;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Model backward: the forward in reverse. d_res carries the gradient of the residual stream;
+ * each rmsnorm backward adds its input gradient into it. */
+
+static void profile_report_(void) {
+    if (prof_on_ <= 0) return;
+    double tot = 0.0;
+    for (int i = 0; i < PROF_N; i++) tot += prof_time_[i];
+    fprintf(stderr, "t5_profile fwd+bwd %.3f s:", tot);
+    for (int i = 0; i < PROF_N; i++) {
+        fprintf(stderr, " %s %.3f", prof_names_[i], prof_time_[i]);
+        prof_time_[i] = 0.0;
+    }
+    fputc('\n', stderr);
+}
+
+void t5_model_backward(T5Model *m, float loss_scale) {
+    T5Activations *a = m->acts;
+    if (!a || !a->have_forward)
+        FATAL("call t5_model_forward before t5_model_backward", "t5_model_backward: no forward");
+    const T5Config *c = &m->cfg;
+    int B = a->B, Le = a->Le, Ld = a->Ld;
+    int d = c->d_model, f = c->d_ff, H = c->n_heads, K = c->d_kv, HK = H * K, V = c->vocab_size;
+    int el = c->n_enc_layers, dl = c->n_dec_layers;
+    size_t N = (size_t)B * Le, M = (size_t)B * Ld;
+    T5FfnKind kind = c->ffn;
+    size_t fu = kind == T5_FFN_GATED_GELU ? 2 * (size_t)f : 0;
+    float *P = m->params, *G = m->grads;
+    float *dE = tensor_ptr_(m, G, "shared.weight");
+
+    /* loss and head */
+    t5_xent_backward(a->logits, a->logZ, a->labels, (int)M, V, a->zc, loss_scale);
+    float alpha = c->tied_embedding ? 1.0f / sqrtf((float)d) : 1.0f;
+    t5_matmul_backward(a->d_ln, 0.0f, head_weight_(m, G), a->logits, a->dec_out,
+                       head_weight_(m, P), (int)M, d, V, alpha);
+    memset(a->d_res, 0, M * d * sizeof(float));
+    t5_rmsnorm_backward(a->d_res, tensor_ptr_(m, G, "decoder.final_layer_norm.weight"), a->d_ln,
+                        a->dec_res + (size_t)(3 * dl) * M * d,
+                        tensor_ptr_(m, P, "decoder.final_layer_norm.weight"), a->dec_out_rstd,
+                        (int)M, d);
+
+    /* decoder layers, last to first */
+    memset(a->d_enc_out, 0, N * d * sizeof(float));
+    memset(a->d_bias_dec, 0, (size_t)B * H * (2 * Ld - 1) * sizeof(float));
+    for (int l = dl - 1; l >= 0; l--) {
+        LayerW w, gw;
+        layer_ptrs_(m, P, 1, l, &w);
+        layer_ptrs_(m, G, 1, l, &gw);
+        float *x0 = a->dec_res + (size_t)(3 * l) * M * d, *x1 = x0 + M * d, *x2 = x1 + M * d;
+        float *ln0 = a->dec_ln + (size_t)(3 * l) * M * d, *ln1 = ln0 + M * d, *ln2 = ln1 + M * d;
+        float *r0 = a->dec_rstd + (size_t)(3 * l) * M, *r1 = r0 + M, *r2 = r1 + M;
+        float *qkv = a->dec_qkv + (size_t)l * M * 3 * HK, *ctx = a->dec_ctx + (size_t)l * M * HK;
+        float *att = a->dec_att + (size_t)l * B * H * Ld * Ld;
+        float *xq = a->dec_xq + (size_t)l * M * HK, *xkv = a->dec_xkv + (size_t)l * N * 2 * HK;
+        float *xatt = a->dec_xatt + (size_t)l * B * H * Ld * Le;
+        float *xctx = a->dec_xctx + (size_t)l * M * HK;
+        /* feed-forward */
+        t5_ffn_backward(a->d_ln, gw.wi, gw.wo, a->d_ffh, a->d_ffu, a->d_res,
+                        a->dec_ffu + (size_t)l * M * fu, a->dec_ffh + (size_t)l * M * f, ln2,
+                        w.wi, w.wo, (int)M, d, f, kind);
+        t5_rmsnorm_backward(a->d_res, gw.ln_ff, a->d_ln, x2, w.ln_ff, r2, (int)M, d);
+        /* cross-attention */
+        t5_matmul_backward(a->d_ctx, 0.0f, gw.xo, a->d_res, xctx, w.xo, (int)M, HK, d, 1.0f);
+        float *dxkv = a->d_qkv;
+        attention_backward_(a->d_q, HK, dxkv, 2 * HK, dxkv + HK, 2 * HK, NULL, a->d_ctx, HK, xatt,
+                            xq, HK, xkv, 2 * HK, xkv + HK, 2 * HK, B, Ld, Le, H, K,
+                            a->att_scratch, a->nthreads);
+        t5_matmul_backward(a->d_ln, 0.0f, gw.xq, a->d_q, ln1, w.xq, (int)M, d, HK, 1.0f);
+        t5_matmul_backward(a->d_enc_out, 1.0f, gw.xkv, dxkv, a->enc_out, w.xkv, (int)N, d,
+                           2 * HK, 1.0f);
+        t5_rmsnorm_backward(a->d_res, gw.ln_ca, a->d_ln, x1, w.ln_ca, r1, (int)M, d);
+        /* causal self-attention */
+        t5_matmul_backward(a->d_ctx, 0.0f, gw.o, a->d_res, ctx, w.o, (int)M, HK, d, 1.0f);
+        attention_backward_(a->d_qkv, 3 * HK, a->d_qkv + HK, 3 * HK, a->d_qkv + 2 * HK, 3 * HK,
+                            a->d_bias_dec, a->d_ctx, HK, att, qkv, 3 * HK, qkv + HK, 3 * HK,
+                            qkv + 2 * HK, 3 * HK, B, Ld, Ld, H, K, a->att_scratch, a->nthreads);
+        t5_matmul_backward(a->d_ln, 0.0f, gw.qkv, a->d_qkv, ln0, w.qkv, (int)M, d, 3 * HK, 1.0f);
+        t5_rmsnorm_backward(a->d_res, gw.ln_sa, a->d_ln, x0, w.ln_sa, r0, (int)M, d);
+    }
+    t5_embedding_backward(dE, a->dec_ids, a->d_res, (int)M, d);
+    t5_relbias_backward(
+        tensor_ptr_(m, G, "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+        a->d_bias_dec, B, Ld, Ld, H, 0, c->num_buckets, c->max_distance);
+
+    /* encoder: final norm, then layers last to first */
+    memset(a->d_res, 0, N * d * sizeof(float));
+    t5_rmsnorm_backward(a->d_res, tensor_ptr_(m, G, "encoder.final_layer_norm.weight"),
+                        a->d_enc_out, a->enc_res + (size_t)(2 * el) * N * d,
+                        tensor_ptr_(m, P, "encoder.final_layer_norm.weight"), a->enc_out_rstd,
+                        (int)N, d);
+    memset(a->d_bias_enc, 0, (size_t)B * H * (2 * Le - 1) * sizeof(float));
+    for (int l = el - 1; l >= 0; l--) {
+        LayerW w, gw;
+        layer_ptrs_(m, P, 0, l, &w);
+        layer_ptrs_(m, G, 0, l, &gw);
+        float *x0 = a->enc_res + (size_t)(2 * l) * N * d, *x1 = x0 + N * d;
+        float *ln0 = a->enc_ln + (size_t)(2 * l) * N * d, *ln1 = ln0 + N * d;
+        float *r0 = a->enc_rstd + (size_t)(2 * l) * N, *r1 = r0 + N;
+        float *qkv = a->enc_qkv + (size_t)l * N * 3 * HK, *ctx = a->enc_ctx + (size_t)l * N * HK;
+        float *att = a->enc_att + (size_t)l * B * H * Le * Le;
+        t5_ffn_backward(a->d_ln, gw.wi, gw.wo, a->d_ffh, a->d_ffu, a->d_res,
+                        a->enc_ffu + (size_t)l * N * fu, a->enc_ffh + (size_t)l * N * f, ln1,
+                        w.wi, w.wo, (int)N, d, f, kind);
+        t5_rmsnorm_backward(a->d_res, gw.ln_ff, a->d_ln, x1, w.ln_ff, r1, (int)N, d);
+        t5_matmul_backward(a->d_ctx, 0.0f, gw.o, a->d_res, ctx, w.o, (int)N, HK, d, 1.0f);
+        attention_backward_(a->d_qkv, 3 * HK, a->d_qkv + HK, 3 * HK, a->d_qkv + 2 * HK, 3 * HK,
+                            a->d_bias_enc, a->d_ctx, HK, att, qkv, 3 * HK, qkv + HK, 3 * HK,
+                            qkv + 2 * HK, 3 * HK, B, Le, Le, H, K, a->att_scratch, a->nthreads);
+        t5_matmul_backward(a->d_ln, 0.0f, gw.qkv, a->d_qkv, ln0, w.qkv, (int)N, d, 3 * HK, 1.0f);
+        t5_rmsnorm_backward(a->d_res, gw.ln_sa, a->d_ln, x0, w.ln_sa, r0, (int)N, d);
+    }
+    t5_embedding_backward(dE, a->enc_ids, a->d_res, (int)N, d);
+    t5_relbias_backward(
+        tensor_ptr_(m, G, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+        a->d_bias_enc, B, Le, Le, H, 1, c->num_buckets, c->max_distance);
+    a->have_forward = 0;   /* the logits buffer now holds gradients */
+    profile_report_();
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * FLOPs (t5-spec.md section 8): matrix products only, 2 per multiply-add, full squares. */
+
+double t5_model_flops_per_step(const T5Config *cfg, int B, int Le, int Ld) {
+    double d = cfg->d_model, f = cfg->d_ff, HK = (double)cfg->n_heads * cfg->d_kv;
+    double V = cfg->vocab_size, le = Le, ld = Ld;
+    double ff = cfg->ffn == T5_FFN_GATED_GELU ? 6.0 * d * f : 4.0 * d * f;
+    double enc_layer = le * (8.0 * d * HK + ff) + 4.0 * le * le * HK;
+    double dec_layer = ld * 8.0 * d * HK + 4.0 * ld * ld * HK + ld * 4.0 * d * HK + le * 4.0 * d * HK +
+                       4.0 * ld * le * HK + ld * ff;
+    double logits = 2.0 * ld * d * V;
+    double fwd = cfg->n_enc_layers * enc_layer + cfg->n_dec_layers * dec_layer + logits;
+    return 3.0 * B * fwd;
+}
