@@ -3,6 +3,7 @@
 #
 #   unit tests      build/tests/test_*   (plain build)
 #                   build/asan/test_*    (ASan + UBSan build, T5_TEST_QUICK=1)
+#                   valgrind build/tests/test_*  (T5_TEST_QUICK=1; T5_SKIP_VALGRIND=1 skips)
 #   end-to-end      tests/e2e/*.sh       (programs, MPI, fault and data tests)
 #
 # Every test program prints "PASS name" / "FAIL name" lines; each line counts once. A program
@@ -44,6 +45,14 @@ for t in build/asan/test_*; do
     [ -x "$t" ] || continue
     run_one "asan/$(basename "$t")" env T5_TEST_QUICK=1 "$t"
 done
+# valgrind: memory errors and definite leaks in the plain build (quick sizes; ~3 minutes).
+if command -v valgrind >/dev/null && [ "${T5_SKIP_VALGRIND:-0}" != 1 ]; then
+    for t in build/tests/test_*; do
+        [ -x "$t" ] || continue
+        run_one "valgrind/$(basename "$t")" env T5_TEST_QUICK=1 valgrind -q --leak-check=full \
+            --errors-for-leak-kinds=definite --error-exitcode=9 "$t"
+    done
+fi
 for t in tests/e2e/*.sh; do
     [ -f "$t" ] || continue
     run_one "e2e/$(basename "$t" .sh)" bash "$t"
