@@ -19,7 +19,7 @@ CPPFLAGS := -I. -I$(BLASINC) -D_GNU_SOURCE
 CFLAGS   ?= -O2
 CFLAGS   += -std=c11 -Wall -Wextra -Werror -fopenmp -g
 CXXFLAGS ?= -O2
-CXXFLAGS += -std=c++17 -Wall -Wextra -Werror -fopenmp -g $(shell mpicc --showme:compile)
+CXXFLAGS += -std=c++17 -Wall -Wextra -Werror -fopenmp -g
 LDLIBS   := -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -larchive -ljansson -lzstd \
             -lsentencepiece -lstdc++ -fopenmp -lm -lpthread
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
