@@ -189,8 +189,7 @@ int hf_write_tensors(const char *path, const T5Model *m, const float *buf, char 
     StWriteTensor *ts = xcalloc((size_t)m->num_tensors, sizeof *ts);
     int n = 0;
     for (int i = 0; i < m->num_tensors; i++) {
-        const T5Tensor *t = &m->tensors[i];
-        if (is_tied_alias_(m, t->name)) continue;   /* in case the table lists aliases */
+        const T5Tensor *t = &m->tensors[i];   /* the table holds no tied aliases */
         ts[n].name = t->name;
         ts[n].ndim = t->ndim;
         for (int d = 0; d < t->ndim; d++) ts[n].shape[d] = t->shape[d];
@@ -373,7 +372,6 @@ int hf_load(const char *dir, T5Model *m, char *err, size_t errlen) {
     char list[512] = "";
     for (int i = 0; i < m->num_tensors; i++) {
         if (s.loaded[i]) continue;
-        if (is_tied_alias_(m, m->tensors[i].name)) continue;
         if (missing < 4) {
             size_t k = strlen(list);
             snprintf(list + k, sizeof list - k, "%s'%s'", missing ? ", " : "", m->tensors[i].name);

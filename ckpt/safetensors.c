@@ -419,7 +419,6 @@ int st_write_f32(const char *path, const StWriteTensor *ts, int n, const char *c
     if (rc != 0) goto fail;
     step = "rename";
     if (rename(tmp, path) != 0) goto fail;
-    step = "fsync directory of";
     if (fsync_dir_of(path) != 0) {
         set_error(err, errlen, "%s: fsync of its directory failed: %s", path, strerror(errno));
         free(tmp);

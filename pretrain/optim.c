@@ -288,6 +288,15 @@ static double sum_sq_scaled_(const float *g, const double *cf, int m) {
     return (a0 + a1) + (a2 + a3);
 }
 
+/* The factor k of W -= k * U, from su = sum(U^2) and sw = sum(W_old^2) over the N elements:
+ * k = lr * max(RMS(W_old), eps2) / max(1, RMS(U) / clip_threshold) (t5-spec.md 5.2). */
+static double step_factor_(const OptimConfig *c, double lr, double su, double sw, size_t N) {
+    double rms_u = sqrt(su / (double)N), rms_w = sqrt(sw / (double)N);
+    double clip = rms_u / c->clip_threshold > 1.0 ? rms_u / c->clip_threshold : 1.0;
+    double scale = c->param_scale ? lr * (rms_w > c->eps2 ? rms_w : c->eps2) : lr;
+    return scale / clip;
+}
+
 /* Factored update of W [n, m] with gradient G [n, m]; R [n], C [m] are its state. */
 static void adafactor_factored_(const OptimConfig *c, int n, int m, float *W, const float *G,
                                 float *R, float *C, double lr, double beta2, double *scratch) {
@@ -331,10 +340,7 @@ static void adafactor_factored_(const OptimConfig *c, int n, int m, float *W, co
     }
     double su = 0.0, sw = 0.0;
     for (int i = 0; i < n; i++) { su += upart[i]; sw += wpart[i]; }
-    double rms_u = sqrt(su / (double)N), rms_w = sqrt(sw / (double)N);
-    double clip = rms_u / c->clip_threshold > 1.0 ? rms_u / c->clip_threshold : 1.0;
-    double scale = c->param_scale ? lr * (rms_w > c->eps2 ? rms_w : c->eps2) : lr;
-    double k = scale / clip;
+    double k = step_factor_(c, lr, su, sw, N);
 
     /* W -= scale * U / clip */
     #pragma omp parallel for schedule(static) if (par)
@@ -370,10 +376,7 @@ static void adafactor_full_(const OptimConfig *c, size_t N, float *W, const floa
     }
     double su = 0.0, sw = 0.0;
     for (long ch = 0; ch < nch; ch++) { su += upart[ch]; sw += wpart[ch]; }
-    double rms_u = sqrt(su / (double)N), rms_w = sqrt(sw / (double)N);
-    double clip = rms_u / c->clip_threshold > 1.0 ? rms_u / c->clip_threshold : 1.0;
-    double scale = c->param_scale ? lr * (rms_w > c->eps2 ? rms_w : c->eps2) : lr;
-    double k = scale / clip;
+    double k = step_factor_(c, lr, su, sw, N);
 
     #pragma omp parallel for schedule(static) if (par)
     for (long ch = 0; ch < nch; ch++) {

@@ -552,12 +552,8 @@ void t5_model_build(T5Model *m, const T5Config *cfg) {
 }
 
 int t5_model_find_tensor(const T5Model *m, const char *name) {
-    if (m->cfg.tied_embedding && (!strcmp(name, "lm_head.weight") ||
-                                  !strcmp(name, "encoder.embed_tokens.weight") ||
-                                  !strcmp(name, "decoder.embed_tokens.weight")))
-        name = "shared.weight";
-    else if (!strcmp(name, "encoder.embed_tokens.weight") ||
-             !strcmp(name, "decoder.embed_tokens.weight"))
+    if (!strcmp(name, "encoder.embed_tokens.weight") || !strcmp(name, "decoder.embed_tokens.weight") ||
+        (m->cfg.tied_embedding && !strcmp(name, "lm_head.weight")))
         name = "shared.weight";
     for (int i = 0; i < m->num_tensors; i++)
         if (!strcmp(m->tensors[i].name, name)) return i;
@@ -821,6 +817,57 @@ void t5_model_free(T5Model *m) {
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * The two pre-norm sub-layers both stacks share, forward next to backward. T = B*L tokens of one
+ * stack; the backward takes a->d_res = dL/d(sub-layer output) and leaves dL/d(sub-layer input)
+ * there (the residual path plus the rmsnorm input gradient); weight gradients go to gw (+=). */
+
+/* Self-attention: x1[T,d] = x0 + Attn(ln = rmsnorm(x0)) . o^T, keeping ln[T,d], rstd[T],
+ * qkv[T,3HK], att[B,H,L,L] and ctx[T,HK]. bias: [H, 2L-1] of the stack; causal for the decoder. */
+static void self_attn_forward_(const T5Config *c, const LayerW *w, float *x1, const float *x0,
+                               float *ln, float *rstd, float *qkv, float *att, float *ctx,
+                               const float *bias, const int32_t *seg, int causal, int B, int L) {
+    int d = c->d_model, H = c->n_heads, K = c->d_kv, HK = H * K, T = B * L;
+    t5_rmsnorm_forward(ln, rstd, x0, w->ln_sa, T, d, c->layer_norm_eps);
+    t5_matmul_forward(qkv, ln, w->qkv, T, d, 3 * HK, 1.0f, 0.0f);
+    t5_attention_forward(ctx, HK, att, qkv, 3 * HK, qkv + HK, 3 * HK, qkv + 2 * HK, 3 * HK, bias,
+                         seg, seg, causal, B, L, L, H, K);
+    memcpy(x1, x0, (size_t)T * d * sizeof(float));
+    t5_matmul_forward(x1, ctx, w->o, T, HK, d, 1.0f, 1.0f);
+}
+
+/* dbias[B,H,2L-1] += the relative-bias gradient of this layer. */
+static void self_attn_backward_(T5Activations *a, const T5Config *c, const LayerW *w,
+                                const LayerW *gw, const float *x0, const float *ln,
+                                const float *rstd, const float *qkv, const float *att,
+                                const float *ctx, float *dbias, int B, int L) {
+    int d = c->d_model, H = c->n_heads, K = c->d_kv, HK = H * K, T = B * L;
+    t5_matmul_backward(a->d_ctx, 0.0f, gw->o, a->d_res, ctx, w->o, T, HK, d, 1.0f);
+    attention_backward_(a->d_qkv, 3 * HK, a->d_qkv + HK, 3 * HK, a->d_qkv + 2 * HK, 3 * HK, dbias,
+                        a->d_ctx, HK, att, qkv, 3 * HK, qkv + HK, 3 * HK, qkv + 2 * HK, 3 * HK, B,
+                        L, L, H, K, a->att_scratch, a->nthreads);
+    t5_matmul_backward(a->d_ln, 0.0f, gw->qkv, a->d_qkv, ln, w->qkv, T, d, 3 * HK, 1.0f);
+    t5_rmsnorm_backward(a->d_res, gw->ln_sa, a->d_ln, x0, w->ln_sa, rstd, T, d);
+}
+
+/* Feed-forward: x1[T,d] = x0 + FFN(ln = rmsnorm(x0)), keeping ln, rstd, ffu (gated only), ffh. */
+static void ffn_sublayer_forward_(const T5Config *c, const LayerW *w, float *x1, const float *x0,
+                                  float *ln, float *rstd, float *ffu, float *ffh, int T) {
+    int d = c->d_model;
+    t5_rmsnorm_forward(ln, rstd, x0, w->ln_ff, T, d, c->layer_norm_eps);
+    memcpy(x1, x0, (size_t)T * d * sizeof(float));
+    t5_ffn_forward(x1, ffu, ffh, ln, w->wi, w->wo, T, d, c->d_ff, c->ffn);
+}
+
+static void ffn_sublayer_backward_(T5Activations *a, const T5Config *c, const LayerW *w,
+                                   const LayerW *gw, const float *x0, const float *ln,
+                                   const float *rstd, const float *ffu, const float *ffh, int T) {
+    int d = c->d_model;
+    t5_ffn_backward(a->d_ln, gw->wi, gw->wo, a->d_ffh, a->d_ffu, a->d_res, ffu, ffh, ln, w->wi,
+                    w->wo, T, d, c->d_ff, c->ffn);
+    t5_rmsnorm_backward(a->d_res, gw->ln_ff, a->d_ln, x0, w->ln_ff, rstd, T, d);
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Model forward. */
 
 static float *head_weight_(const T5Model *m, float *base) {
@@ -862,18 +909,10 @@ void t5_model_forward(T5Model *m, const T5Batch *b, float z_loss_coef, T5LossSta
         float *r0 = a->enc_rstd + (size_t)(2 * l) * N, *r1 = r0 + N;
         float *qkv = a->enc_qkv + (size_t)l * N * 3 * HK, *ctx = a->enc_ctx + (size_t)l * N * HK;
         float *att = a->enc_att + (size_t)l * B * H * Le * Le;
-        /* self-attention: x1 = x0 + Attn(rmsnorm(x0)) */
-        t5_rmsnorm_forward(ln0, r0, x0, w.ln_sa, (int)N, d, eps);
-        t5_matmul_forward(qkv, ln0, w.qkv, (int)N, d, 3 * HK, 1.0f, 0.0f);
-        t5_attention_forward(ctx, HK, att, qkv, 3 * HK, qkv + HK, 3 * HK, qkv + 2 * HK, 3 * HK,
-                             a->enc_bias, a->enc_seg, a->enc_seg, 0, B, Le, Le, H, K);
-        memcpy(x1, x0, N * d * sizeof(float));
-        t5_matmul_forward(x1, ctx, w.o, (int)N, HK, d, 1.0f, 1.0f);
-        /* feed-forward: x2 = x1 + FFN(rmsnorm(x1)) */
-        t5_rmsnorm_forward(ln1, r1, x1, w.ln_ff, (int)N, d, eps);
-        memcpy(x2, x1, N * d * sizeof(float));
-        t5_ffn_forward(x2, a->enc_ffu + (size_t)l * N * fu, a->enc_ffh + (size_t)l * N * f,
-                       ln1, w.wi, w.wo, (int)N, d, f, kind);
+        /* bidirectional self-attention, then feed-forward */
+        self_attn_forward_(c, &w, x1, x0, ln0, r0, qkv, att, ctx, a->enc_bias, a->enc_seg, 0, B, Le);
+        ffn_sublayer_forward_(c, &w, x2, x1, ln1, r1, a->enc_ffu + (size_t)l * N * fu,
+                              a->enc_ffh + (size_t)l * N * f, (int)N);
     }
     t5_rmsnorm_forward(a->enc_out, a->enc_out_rstd, a->enc_res + (size_t)(2 * el) * N * d,
                        tensor_ptr_(m, P, "encoder.final_layer_norm.weight"), (int)N, d, eps);
@@ -896,12 +935,7 @@ void t5_model_forward(T5Model *m, const T5Batch *b, float z_loss_coef, T5LossSta
         float *xatt = a->dec_xatt + (size_t)l * B * H * Ld * Le;
         float *xctx = a->dec_xctx + (size_t)l * M * HK;
         /* causal self-attention */
-        t5_rmsnorm_forward(ln0, r0, x0, w.ln_sa, (int)M, d, eps);
-        t5_matmul_forward(qkv, ln0, w.qkv, (int)M, d, 3 * HK, 1.0f, 0.0f);
-        t5_attention_forward(ctx, HK, att, qkv, 3 * HK, qkv + HK, 3 * HK, qkv + 2 * HK, 3 * HK,
-                             a->dec_bias, a->dec_seg, a->dec_seg, 1, B, Ld, Ld, H, K);
-        memcpy(x1, x0, M * d * sizeof(float));
-        t5_matmul_forward(x1, ctx, w.o, (int)M, HK, d, 1.0f, 1.0f);
+        self_attn_forward_(c, &w, x1, x0, ln0, r0, qkv, att, ctx, a->dec_bias, a->dec_seg, 1, B, Ld);
         /* cross-attention on the encoder output, no position bias */
         t5_rmsnorm_forward(ln1, r1, x1, w.ln_ca, (int)M, d, eps);
         t5_matmul_forward(xq, ln1, w.xq, (int)M, d, HK, 1.0f, 0.0f);
@@ -911,10 +945,8 @@ void t5_model_forward(T5Model *m, const T5Batch *b, float z_loss_coef, T5LossSta
         memcpy(x2, x1, M * d * sizeof(float));
         t5_matmul_forward(x2, xctx, w.xo, (int)M, HK, d, 1.0f, 1.0f);
         /* feed-forward */
-        t5_rmsnorm_forward(ln2, r2, x2, w.ln_ff, (int)M, d, eps);
-        memcpy(x3, x2, M * d * sizeof(float));
-        t5_ffn_forward(x3, a->dec_ffu + (size_t)l * M * fu, a->dec_ffh + (size_t)l * M * f, ln2,
-                       w.wi, w.wo, (int)M, d, f, kind);
+        ffn_sublayer_forward_(c, &w, x3, x2, ln2, r2, a->dec_ffu + (size_t)l * M * fu,
+                              a->dec_ffh + (size_t)l * M * f, (int)M);
     }
     t5_rmsnorm_forward(a->dec_out, a->dec_out_rstd, a->dec_res + (size_t)(3 * dl) * M * d,
                        tensor_ptr_(m, P, "decoder.final_layer_norm.weight"), (int)M, d, eps);
@@ -984,10 +1016,8 @@ void t5_model_backward(T5Model *m, float loss_scale) {
         float *xatt = a->dec_xatt + (size_t)l * B * H * Ld * Le;
         float *xctx = a->dec_xctx + (size_t)l * M * HK;
         /* feed-forward */
-        t5_ffn_backward(a->d_ln, gw.wi, gw.wo, a->d_ffh, a->d_ffu, a->d_res,
-                        a->dec_ffu + (size_t)l * M * fu, a->dec_ffh + (size_t)l * M * f, ln2,
-                        w.wi, w.wo, (int)M, d, f, kind);
-        t5_rmsnorm_backward(a->d_res, gw.ln_ff, a->d_ln, x2, w.ln_ff, r2, (int)M, d);
+        ffn_sublayer_backward_(a, c, &w, &gw, x2, ln2, r2, a->dec_ffu + (size_t)l * M * fu,
+                               a->dec_ffh + (size_t)l * M * f, (int)M);
         /* cross-attention */
         t5_matmul_backward(a->d_ctx, 0.0f, gw.xo, a->d_res, xctx, w.xo, (int)M, HK, d, 1.0f);
         float *dxkv = a->d_qkv;
@@ -999,12 +1029,7 @@ void t5_model_backward(T5Model *m, float loss_scale) {
                            2 * HK, 1.0f);
         t5_rmsnorm_backward(a->d_res, gw.ln_ca, a->d_ln, x1, w.ln_ca, r1, (int)M, d);
         /* causal self-attention */
-        t5_matmul_backward(a->d_ctx, 0.0f, gw.o, a->d_res, ctx, w.o, (int)M, HK, d, 1.0f);
-        attention_backward_(a->d_qkv, 3 * HK, a->d_qkv + HK, 3 * HK, a->d_qkv + 2 * HK, 3 * HK,
-                            a->d_bias_dec, a->d_ctx, HK, att, qkv, 3 * HK, qkv + HK, 3 * HK,
-                            qkv + 2 * HK, 3 * HK, B, Ld, Ld, H, K, a->att_scratch, a->nthreads);
-        t5_matmul_backward(a->d_ln, 0.0f, gw.qkv, a->d_qkv, ln0, w.qkv, (int)M, d, 3 * HK, 1.0f);
-        t5_rmsnorm_backward(a->d_res, gw.ln_sa, a->d_ln, x0, w.ln_sa, r0, (int)M, d);
+        self_attn_backward_(a, c, &w, &gw, x0, ln0, r0, qkv, att, ctx, a->d_bias_dec, B, Ld);
     }
     t5_embedding_backward(dE, a->dec_ids, a->d_res, (int)M, d);
     t5_relbias_backward(
@@ -1027,16 +1052,9 @@ void t5_model_backward(T5Model *m, float loss_scale) {
         float *r0 = a->enc_rstd + (size_t)(2 * l) * N, *r1 = r0 + N;
         float *qkv = a->enc_qkv + (size_t)l * N * 3 * HK, *ctx = a->enc_ctx + (size_t)l * N * HK;
         float *att = a->enc_att + (size_t)l * B * H * Le * Le;
-        t5_ffn_backward(a->d_ln, gw.wi, gw.wo, a->d_ffh, a->d_ffu, a->d_res,
-                        a->enc_ffu + (size_t)l * N * fu, a->enc_ffh + (size_t)l * N * f, ln1,
-                        w.wi, w.wo, (int)N, d, f, kind);
-        t5_rmsnorm_backward(a->d_res, gw.ln_ff, a->d_ln, x1, w.ln_ff, r1, (int)N, d);
-        t5_matmul_backward(a->d_ctx, 0.0f, gw.o, a->d_res, ctx, w.o, (int)N, HK, d, 1.0f);
-        attention_backward_(a->d_qkv, 3 * HK, a->d_qkv + HK, 3 * HK, a->d_qkv + 2 * HK, 3 * HK,
-                            a->d_bias_enc, a->d_ctx, HK, att, qkv, 3 * HK, qkv + HK, 3 * HK,
-                            qkv + 2 * HK, 3 * HK, B, Le, Le, H, K, a->att_scratch, a->nthreads);
-        t5_matmul_backward(a->d_ln, 0.0f, gw.qkv, a->d_qkv, ln0, w.qkv, (int)N, d, 3 * HK, 1.0f);
-        t5_rmsnorm_backward(a->d_res, gw.ln_sa, a->d_ln, x0, w.ln_sa, r0, (int)N, d);
+        ffn_sublayer_backward_(a, c, &w, &gw, x1, ln1, r1, a->enc_ffu + (size_t)l * N * fu,
+                               a->enc_ffh + (size_t)l * N * f, (int)N);
+        self_attn_backward_(a, c, &w, &gw, x0, ln0, r0, qkv, att, ctx, a->d_bias_enc, B, Le);
     }
     t5_embedding_backward(dE, a->enc_ids, a->d_res, (int)N, d);
     t5_relbias_backward(
