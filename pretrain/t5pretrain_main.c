@@ -72,19 +72,27 @@ typedef struct {
     double ce_sum, z_sum, tokens;
 } StepStats;
 
-static double params_rms(const float *p, size_t n) {
-    double s = 0;
-    #pragma omp parallel for reduction(+:s) schedule(static)
-    for (size_t i = 0; i < n; i++) s += (double)p[i] * p[i];
-    return sqrt(s / (double)(n ? n : 1));
+/* Sum of squares of x[0..n), the same bits for any thread count: fixed pieces are summed in
+ * parallel, then the piece sums in order. (An OpenMP reduction would not be reproducible.) */
+static double sum_squares(const float *x, size_t n) {
+    enum { PIECE = 1 << 16 };
+    size_t pieces = (n + PIECE - 1) / PIECE;
+    double *part = xcalloc(pieces ? pieces : 1, sizeof(double));
+    #pragma omp parallel for schedule(static)
+    for (size_t p = 0; p < pieces; p++) {
+        size_t end = (p + 1) * PIECE < n ? (p + 1) * PIECE : n;
+        double s = 0;
+        for (size_t i = p * PIECE; i < end; i++) s += (double)x[i] * x[i];
+        part[p] = s;
+    }
+    double total = 0;
+    for (size_t p = 0; p < pieces; p++) total += part[p];
+    free(part);
+    return total;
 }
 
-static double grad_l2_norm(const float *g, size_t n) {
-    double s = 0;
-    #pragma omp parallel for reduction(+:s) schedule(static)
-    for (size_t i = 0; i < n; i++) s += (double)g[i] * g[i];
-    return sqrt(s);
-}
+static double params_rms(const float *p, size_t n) { return sqrt(sum_squares(p, n) / (double)(n ? n : 1)); }
+static double grad_l2_norm(const float *g, size_t n) { return sqrt(sum_squares(g, n)); }
 
 static int all_finite(const float *g, size_t n) {
     int ok = 1;

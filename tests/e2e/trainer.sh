@@ -169,3 +169,17 @@ for x, y in zip(a, b):
 EOF2
 then pass gradient_accumulation_equals_full_batch
 else fail gradient_accumulation_equals_full_batch "$(tail -3 "$T/acc.log")"; fi
+
+# --- the thread count changes speed, not results ------------------------------------------------
+"$BIN/t5pretrain" --variant tiny-nl2 --synthetic --batch 2 --steps 2 --threads 2 --run-dir "$T/syn2t" >"$T/syn2t.log" 2>&1
+if /usr/bin/python3 - "$T/syn/metrics.jsonl" "$T/syn2t/metrics.jsonl" <<'EOF2'
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])][:2]
+b = [json.loads(l) for l in open(sys.argv[2])]
+assert len(b) == 2
+for x, y in zip(a, b):
+    for k in ("loss", "ce", "grad_norm", "param_rms"):
+        assert abs(x[k] - y[k]) <= 1e-6 * abs(x[k]), (k, x[k], y[k])
+EOF2
+then pass one_and_two_threads_agree
+else fail one_and_two_threads_agree "$(tail -3 "$T/syn2t.log")"; fi
