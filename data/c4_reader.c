@@ -11,7 +11,8 @@
  *             tar are decompressed too (a plain .json member goes through the "none" filter)
  *   lines     split on '\n' straight out of libarchive's blocks; only a line that straddles two
  *             blocks is copied, into a buffer that never grows past max_line_bytes (a longer
- *             line is skipped up to its newline without being stored)
+ *             line is skipped up to its newline without being stored); line buffers that grew
+ *             past C4_KEEP_BUFFER for one long line are freed once it is done
  *   records   raw line -> UTF-8 check (ours) -> JSON -> "text" field checks
  *
  * JSON: jansson is slow on C4-sized strings (~25 MB/s here: it lexes byte by byte through a
@@ -59,7 +60,11 @@
 
 #define C4_DEFAULT_MAX_LINE ((size_t)8 << 20)
 #define C4_DEFAULT_REPORT_FIRST 3
-#define C4_READ_BLOCK ((size_t)1 << 18)   /* bytes per read() of the compressed file */
+#define C4_READ_BLOCK ((size_t)1 << 16)   /* bytes per read() of the compressed file */
+/* Line buffers that grew past this for one long line are released after it, so a reader holds
+ * at most this much between calls however long the longest line of the file was (a loader keeps
+ * one reader open per stream, up to the global batch size per rank). */
+#define C4_KEEP_BUFFER ((size_t)1 << 18)
 
 struct C4Reader {
     char *path;
@@ -615,18 +620,9 @@ static void line_append_(C4Reader *r, const char *p, size_t n) {
 /* A complete line has ended (its last piece is p[0..n)). Returns 1 for a good document. */
 static int line_end_(C4Reader *r, const char *p, size_t n, C4Document *doc) {
     r->line_no++;
+    if (!r->skipping && r->buf_len == 0) return process_line_(r, p, n, doc);
+    line_append_(r, p, n);                    /* may switch to skipping: the last piece */
     if (r->skipping) {
-        size_t total = r->skip_len + n;
-        r->skipping = 0;
-        r->skip_len = 0;
-        r->stats.lines++;
-        bad_record_(r, C4_TOO_LONG, r->line_no, "line of %zu bytes > max_line_bytes %zu", total,
-                    r->max_line);
-        return 0;
-    }
-    if (r->buf_len == 0) return process_line_(r, p, n, doc);
-    line_append_(r, p, n);
-    if (r->skipping) {                        /* the last piece made it too long */
         size_t total = r->skip_len;
         r->skipping = 0;
         r->skip_len = 0;
@@ -637,6 +633,11 @@ static int line_end_(C4Reader *r, const char *p, size_t n, C4Document *doc) {
     }
     int good = process_line_(r, r->buf, r->buf_len, doc);
     r->buf_len = 0;
+    if (r->buf_cap > C4_KEEP_BUFFER) {        /* the document never points into buf */
+        free(r->buf);
+        r->buf = NULL;
+        r->buf_cap = 0;
+    }
     return good;
 }
 
@@ -645,6 +646,11 @@ static int line_end_(C4Reader *r, const char *p, size_t n, C4Document *doc) {
  * as C4_TRUNCATED). Never fails otherwise: bad records are counted, reported and skipped. */
 int c4_reader_next(C4Reader *r, C4Document *doc) {
     if (r->doc) { json_decref(r->doc); r->doc = NULL; }
+    if (r->dec_cap > C4_KEEP_BUFFER) {         /* the last document's strings are no longer used */
+        free(r->dec);
+        r->dec = NULL;
+        r->dec_cap = 0;
+    }
     for (;;) {
         if (!r->in_member) {
             if (r->done) return 0;
@@ -693,6 +699,9 @@ int c4_reader_next(C4Reader *r, C4Document *doc) {
 }
 
 const C4Stats *c4_reader_stats(const C4Reader *r) { return &r->stats; }
+
+/* Bytes held by the line buffers (not libarchive's own fixed-size buffers). */
+size_t c4_reader_buffered_bytes(const C4Reader *r) { return r->buf_cap + r->dec_cap; }
 
 void c4_stats_add(C4Stats *into, const C4Stats *from) {
     into->documents += from->documents;

@@ -67,6 +67,10 @@ int c4_reader_next(C4Reader *r, C4Document *doc);
 
 /* Statistics so far. */
 const C4Stats *c4_reader_stats(const C4Reader *r);
+/* Bytes the reader's own line buffers hold between calls: at most 512 KiB plus the current
+ * document, however long earlier lines were (libarchive's buffers, ~100 KiB for gzip and the
+ * stream's window for zstd, come on top). */
+size_t c4_reader_buffered_bytes(const C4Reader *r);
 void c4_stats_add(C4Stats *into, const C4Stats *from);
 /* One-line summary "documents=... bad: json=... utf8=..." to out. */
 void c4_stats_print(const C4Stats *s, FILE *out);

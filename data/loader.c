@@ -17,6 +17,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -29,6 +30,10 @@
 #define TAG_CHUNK 0x43484E4BULL   /* "CHNK": select_random_chunk */
 #define TAG_CORRUPT 0x53504E53ULL /* "SPNS": noise mask of one example */
 #define TAG_ORDER 0x4F524452ULL   /* "ORDR": file order of an epoch */
+/* Token buffers that grew for one huge document are given back (down to these many entries)
+ * once it is processed, so memory stays flat over a shard with many streams per rank. */
+#define KEEP_TOKENS ((size_t)1 << 16)   /* the shared tokenizer output */
+#define KEEP_CARRY ((size_t)1 << 14)    /* each cursor's carry (live, saved, prefetch slots) */
 
 static uint64_t key3_(uint64_t tag, uint64_t a, uint64_t b) {
     return rng_mix64(rng_mix64(tag ^ rng_mix64(a)) ^ b);
@@ -78,6 +83,14 @@ static void carry_reserve_(Cursor *c, size_t n) {
     c->cap_carry = cap;
 }
 
+/* Give back the memory of a carry that grew for a huge document once most of it is cut. */
+static void carry_trim_(Cursor *c) {
+    if (c->cap_carry > KEEP_CARRY && (size_t)c->n_carry <= KEEP_CARRY) {
+        c->carry = xrealloc(c->carry, KEEP_CARRY * sizeof(int32_t));
+        c->cap_carry = KEEP_CARRY;
+    }
+}
+
 /* Deep copy (dst already initialised with the same piece length). */
 static void cursor_copy_(Cursor *dst, const Cursor *src, int P) {
     int32_t *carry = dst->carry, *pending = dst->pending;
@@ -85,6 +98,7 @@ static void cursor_copy_(Cursor *dst, const Cursor *src, int P) {
     *dst = *src;
     dst->carry = carry; dst->cap_carry = cap; dst->pending = pending;
     carry_reserve_(dst, (size_t)src->n_carry);
+    carry_trim_(dst);
     if (src->n_carry) memcpy(dst->carry, src->carry, (size_t)src->n_carry * sizeof(int32_t));
     memcpy(dst->pending, src->pending, (size_t)P * sizeof(int32_t));
 }
@@ -106,8 +120,6 @@ typedef struct {
     int32_t *ex_in, *ex_tg;
     uint8_t *mask;
     int *mask_scratch;
-    int32_t *tok;
-    size_t tok_cap;
     C4Stats closed;        /* stats of readers already closed */
     DataLoaderStats st;    /* stream-level counters (reader fields unused) */
 } Stream;
@@ -127,6 +139,8 @@ struct DataLoader {
     int B, K, world, rank, lo, hi, Le, Ld, P, max_epochs;
     size_t max_line_bytes;
     SpmTokenizer *spm;
+    int32_t *tok;          /* tokens of the document being read; one producer, so shared */
+    size_t tok_cap;
     int vocab_rows, sentinel_top;
     int n_touch;
     Stream *streams;       /* touched streams, increasing k */
@@ -150,7 +164,7 @@ static void set_err_(DataLoader *dl, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(dl->err, sizeof dl->err, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "t5data: error: %s\n", dl->err);
+    fprintf(stderr, "data loader: error: %s\n", dl->err);
 }
 
 static void stream_set_epoch_(DataLoader *dl, Stream *s, int epoch) {
@@ -181,7 +195,8 @@ static int stream_open_reader_(DataLoader *dl, Stream *s) {
     char err[512];
     s->reader = c4_reader_open(dl->files[gi], &opt, err, sizeof err);
     if (!s->reader) {
-        set_err_(dl, "stream %d: %s", s->k, err);
+        set_err_(dl, "stream %d, epoch %d: %s (HINT: every data file must stay readable for the "
+                 "whole run)", s->k, s->c.epoch, err);
         return -1;
     }
     C4Document d;
@@ -214,7 +229,7 @@ static int next_document_(DataLoader *dl, Stream *s) {
         long d = c->doc++;
         s->st.docs_read++;
         if (s->share > 1 && d % s->share != s->share_idx) continue;
-        long n = spm_encode(dl->spm, doc.text, doc.text_len, &s->tok, &s->tok_cap);
+        long n = spm_encode(dl->spm, doc.text, doc.text_len, &dl->tok, &dl->tok_cap);
         if (n < 0) {
             set_err_(dl, "stream %d: tokenizer failed on %s line %ld", s->k, doc.member, doc.line);
             return -1;
@@ -227,7 +242,12 @@ static int next_document_(DataLoader *dl, Stream *s) {
         long len, start = span_select_chunk(n, &r, &len);
         carry_reserve_(c, (size_t)(c->n_carry + len));
         for (long i = start; i < start + len; i++)      /* strip zeros (reduce_concat_tokens) */
-            if (s->tok[i] != 0) c->carry[c->n_carry++] = s->tok[i];
+            if (dl->tok[i] != 0) c->carry[c->n_carry++] = dl->tok[i];
+        if (dl->tok_cap > KEEP_TOKENS) {       /* memory stays flat after a huge document */
+            free(dl->tok);
+            dl->tok = NULL;
+            dl->tok_cap = 0;
+        }
         s->st.docs_used++;
         s->st.tokens += len;
         c->group_docs++;
@@ -257,8 +277,12 @@ static int next_piece_(DataLoader *dl, Stream *s) {
             if (c->n_carry == 0) {
                 if (c->epoch_docs == 0) {
                     set_err_(dl, "stream %d has no non-empty documents in its %d file(s) (first "
-                             "%s) (HINT: use fewer streams (--streams) or more data files)",
-                             s->k, s->n_files, dl->files[s->files[0]]);
+                             "%s) in epoch %d (so far: %ld good documents read, %ld of them in "
+                             "its share of the file, %ld tokenize to nothing) (HINT: 't5data "
+                             "stats' shows what the files hold; with fewer documents than "
+                             "streams use fewer --streams or more files)", s->k, s->n_files,
+                             dl->files[s->files[0]], c->epoch, s->st.docs_read,
+                             s->st.docs_used + s->st.docs_empty, s->st.docs_empty);
                     return -1;
                 }
                 c->epoch++;
@@ -276,6 +300,7 @@ static int next_piece_(DataLoader *dl, Stream *s) {
         c->n_pending = take;
         c->n_carry -= take;
         if (c->n_carry) memmove(c->carry, c->carry + take, (size_t)c->n_carry * sizeof(int32_t));
+        carry_trim_(c);
         s->st.pieces++;
         s->st.pieces_full += take == P;
         return 1;
@@ -496,6 +521,13 @@ DataLoader *data_loader_open(const DataLoaderConfig *cfg, char *err, size_t errl
         return NULL;
     }
     int tlen, P = span_random_spans_helper(Le, &tlen);
+    int spans = span_num_spans(span_num_noise(P));
+    if (spans > SPM_NUM_SENTINELS) {
+        snprintf(err, errlen, "encoder length %d gives pieces of %d tokens with %d noise spans, "
+                 "more than the %d sentinels (HINT: enc_len <= 1809)", Le, P, spans,
+                 SPM_NUM_SENTINELS);
+        return NULL;
+    }
     if (tlen > Ld) {
         snprintf(err, errlen, "decoder length %d is shorter than the %d targets of a full example "
                  "for encoder length %d (HINT: use dec_len >= %d)", Ld, tlen, Le, tlen);
@@ -511,8 +543,14 @@ DataLoader *data_loader_open(const DataLoaderConfig *cfg, char *err, size_t errl
         return NULL;
     }
     for (int i = 0; i < cfg->n_files; i++) {
-        if (access(cfg->files[i], R_OK) != 0) {
+        struct stat st;
+        if (access(cfg->files[i], R_OK) != 0 || stat(cfg->files[i], &st) != 0) {
             snprintf(err, errlen, "cannot read data file %s: %s", cfg->files[i], strerror(errno));
+            return NULL;
+        }
+        if (S_ISDIR(st.st_mode)) {
+            snprintf(err, errlen, "data file %s is a directory (HINT: --data takes files or "
+                     "globs of files, e.g. 'dir/c4-train.*.json.gz')", cfg->files[i]);
             return NULL;
         }
     }
@@ -919,8 +957,9 @@ void data_loader_close(DataLoader *dl) {
         cursor_free_(&s->c);
         cursor_free_(&dl->saved[t]);
         free(s->files); free(s->order); free(s->ex_in); free(s->ex_tg); free(s->mask);
-        free(s->mask_scratch); free(s->tok);
+        free(s->mask_scratch);
     }
+    free(dl->tok);
     free(dl->streams);
     free(dl->saved);
     t5_batch_free(&dl->discard);

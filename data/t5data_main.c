@@ -11,6 +11,7 @@
  * --batch, --streams and lengths.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,7 +44,7 @@ static void usage_(FILE *f) {
         "  --streams K      canonical streams (default: the batch size, as in training)\n"
         "  --enc-len N      encoder length (default 512)\n"
         "  --dec-len N      decoder length (default 128)\n"
-        "  --step S         dump-batch: step to dump, counted from 0 (default 0)\n"
+        "  --step S         dump-batch, inspect: the batch of step S, counted from 0 (default 0)\n"
         "  --out DIR        dump-batch: output directory (created)\n"
         "  --rows N         inspect: rows to print (default 2)\n"
         "  --epochs N       stop after N epochs (default: unlimited; stats always does 1)\n"
@@ -101,6 +102,18 @@ static DataLoader *open_loader_(const Args *a, int batch, int streams, int prefe
     return dl;
 }
 
+/* The global batch of step a->step into *b (allocated here; free it with t5_batch_free).
+ * Returns 0, or 1 after printing why there is none. */
+static int batch_at_step_(const Args *a, DataLoader *dl, int B, T5Batch *b) {
+    t5_batch_alloc(b, B, (int)a->enc_len, (int)a->dec_len);
+    int rc = data_loader_skip(dl, a->step);
+    if (rc == 0) rc = data_loader_next(dl, b, NULL);
+    if (rc != 0)
+        fprintf(stderr, "t5data: no batch at step %ld: %s\n", a->step,
+                rc == 1 ? "data exhausted (--epochs)" : data_loader_error(dl));
+    return rc == 0 ? 0 : 1;
+}
+
 static void print_ids_text_(SpmTokenizer *spm, const int32_t *ids, int n, const char *label) {
     char *txt = spm_decode(spm, ids, (size_t)n);
     printf("  %-8s (%3d tokens): %s\n", label, n, txt ? txt : "?");
@@ -117,12 +130,8 @@ static int cmd_inspect_(const Args *a) {
     SpmTokenizer *spm = spm_open(a->spm, err, sizeof err);
     if (!spm) { fprintf(stderr, "t5data: %s\n", err); data_loader_close(dl); return 1; }
     T5Batch b;
-    t5_batch_alloc(&b, B, a->enc_len, a->dec_len);
-    int rc = data_loader_skip(dl, a->step);
-    if (rc == 0) rc = data_loader_next(dl, &b, NULL);
-    if (rc != 0) {
-        fprintf(stderr, "t5data: no batch: %s\n", rc == 1 ? "data exhausted" : data_loader_error(dl));
-    } else {
+    int rc = batch_at_step_(a, dl, B, &b);
+    if (rc == 0) {
         int rows = a->rows > 0 ? (int)a->rows : 2;
         if (rows > B) rows = B;
         printf("batch of step %ld: %d rows x %d/%d, seed %ld, %d files; showing %d rows\n",
@@ -156,16 +165,11 @@ static int cmd_dump_(const Args *a) {
     DataLoader *dl = open_loader_(a, B, (int)a->streams, 0, (int)a->epochs, &files, &nf);
     if (!dl) return 1;
     T5Batch b;
-    t5_batch_alloc(&b, B, a->enc_len, a->dec_len);
-    int rc = data_loader_skip(dl, a->step);
-    if (rc == 0) rc = data_loader_next(dl, &b, NULL);
-    if (rc != 0) {
-        fprintf(stderr, "t5data: cannot produce the batch of step %ld: %s\n", a->step,
-                rc == 1 ? "data exhausted (--epochs)" : data_loader_error(dl));
-    } else if (mkdir_p(a->out) != 0) {
+    int rc = batch_at_step_(a, dl, B, &b);
+    if (rc == 0 && mkdir_p(a->out) != 0) {
         fprintf(stderr, "t5data: cannot create %s: %s\n", a->out, strerror(errno));
         rc = -1;
-    } else {
+    } else if (rc == 0) {
         struct { const char *name; const int32_t *p; int L; } f[] = {
             { "input_ids", b.enc_ids, b.Le }, { "decoder_input_ids", b.dec_in_ids, b.Ld },
             { "labels", b.labels, b.Ld }, { "encoder_segment_ids", b.enc_seg, b.Le },
@@ -235,7 +239,7 @@ static int cmd_bench_(const Args *a) {
         char err[512];
         C4ReaderOptions opt = { 0, -1, NULL };
         C4Reader *r = c4_reader_open(files[i], &opt, err, sizeof err);
-        if (!r) continue;
+        if (!r) { fprintf(stderr, "t5data: bench: %s\n", err); continue; }
         C4Document d;
         while (c4_reader_next(r, &d) == 1) {}
         c4_stats_add(&rs, c4_reader_stats(r));
@@ -281,8 +285,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(o, "--epochs")) num = &a.epochs;
         else if (!strcmp(o, "--seconds")) num = &a.seconds;
         else return usage_error_("unknown option '%s'", o);
-        if (num && (parse_long_(v, num) != 0 || *num < 0)) {
-            fprintf(stderr, "t5data: %s needs a non-negative integer, got '%s'\n", o, v);
+        /* every number but --seed and --step becomes an int */
+        long max = (num == &a.seed || num == &a.step) ? LONG_MAX : INT_MAX;
+        if (num && (parse_long_(v, num) != 0 || *num < 0 || *num > max)) {
+            fprintf(stderr, "t5data: %s needs an integer in [0, %ld], got '%s'\n", o, max, v);
             return 2;
         }
     }

@@ -92,3 +92,18 @@ else fail stats_counts "$(head -3 "$TMP/stats.log")"; fi
 [ $? != 0 ] && grep -q "nothing-" "$TMP/u2.log" && pass usage_no_match || fail usage_no_match "$(cat "$TMP/u2.log")"
 "$T5DATA" dump-batch --data "$DATA" --spm "$SPM" --step -1 --out "$TMP/x" >"$TMP/u3.log" 2>&1
 [ $? = 2 ] && grep -q "step" "$TMP/u3.log" && pass usage_bad_number || fail usage_bad_number "$(cat "$TMP/u3.log")"
+
+# bench: a short run reports speed and a peak RSS far below the 200 MB per-rank budget; and a
+# global batch of 128 streams (128 open readers on one rank) also stays below it
+if "$T5DATA" bench --data "$DATA" --spm "$SPM" --seconds 1 >"$TMP/bench.log" 2>&1; then
+    tps=$(sed -n 's/.*tokens\/s=\([0-9]*\).*/\1/p' "$TMP/bench.log" | head -1)
+    rss=$(sed -n 's/^peak_rss_MB=\([0-9]*\).*/\1/p' "$TMP/bench.log")
+    if [ -n "$tps" ] && [ "$tps" -gt 0 ] && [ -n "$rss" ] && [ "$rss" -lt 200 ]; then pass bench
+    else fail bench "$(cat "$TMP/bench.log")"; fi
+else fail bench "$(head -3 "$TMP/bench.log")"; fi
+if /usr/bin/time -f 'maxrss_kb=%M' "$T5DATA" dump-batch --data "$DATA" --spm "$SPM" --batch 128 \
+    --step 1 --out "$TMP/b128" >"$TMP/b128.log" 2>&1; then
+    kb=$(sed -n 's/^maxrss_kb=\([0-9]*\).*/\1/p' "$TMP/b128.log")
+    if [ -n "$kb" ] && [ "$kb" -lt 204800 ]; then pass memory_128_streams
+    else fail memory_128_streams "peak RSS ${kb:-?} kB: $(tail -2 "$TMP/b128.log")"; fi
+else fail memory_128_streams "$(tail -3 "$TMP/b128.log")"; fi

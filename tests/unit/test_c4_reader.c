@@ -170,6 +170,16 @@ static void got_free_(GotAll *g) {
     memset(g, 0, sizeof *g);
 }
 
+/* The first line reported to rep starts with `want` (and holds `also` unless NULL); closes rep. */
+static void check_first_report_(FILE *rep, const char *want, const char *also) {
+    char buf[1024] = "";
+    rewind(rep);
+    CHECK(fgets(buf, sizeof buf, rep) != NULL);
+    CHECKF(strncmp(buf, want, strlen(want)) == 0 && (!also || strstr(buf, also)),
+           "report '%s', want '%s'...%s", buf, want, also ? also : "");
+    fclose(rep);
+}
+
 static long total_bad_(const C4Stats *s) {
     long t = 0;
     for (int k = 0; k < C4_NUM_BAD_KINDS; k++) t += s->bad[k];
@@ -311,14 +321,9 @@ static void test_tars(void) {
         CHECK_STR(g.d[i].member, "cut.json.gz");
         CHECK_STR(g.d[i].text, GOOD_TEXT[i]);
     }
-    char line[1024] = "";
-    rewind(rep);
-    CHECK(fgets(line, sizeof line, rep) != NULL);
     char want[600];
     snprintf(want, sizeof want, "c4: %s:cut.json.gz:", p3);
-    CHECKF(strncmp(line, want, strlen(want)) == 0 && strstr(line, "skipped (truncated)"),
-           "report '%s'", line);
-    fclose(rep);
+    check_first_report_(rep, want, "skipped (truncated)");
     got_free_(&g);
 
     unlink(p1); unlink(p2); unlink(p3);
@@ -703,6 +708,40 @@ static void test_huge_line_memory(void) {
     unlink(p);
 }
 
+/* A long line within max_line_bytes grows the line buffers only while it is the current
+ * document: the next call gives the memory back, so a reader holds at most 512 KiB of line
+ * buffers between documents however long the longest line of its file was. */
+static void test_buffers_released(void) {
+    const size_t big = (size_t)3 << 20;
+    Str s = { 0 };
+    str_add_(&s, "{\"text\":\"");
+    char *chunk = xmalloc(big);
+    memset(chunk, 'b', big);
+    str_addn_(&s, chunk, big);
+    free(chunk);
+    str_add_(&s, "\"}\n{\"text\":\"small\"}\n");
+    const char *filters[2] = { "none", "gzip" };
+    for (int f = 0; f < 2; f++) {
+        const char *p = tpath_(f ? "buf.json.gz" : "buf.json");
+        write_stream_(p, filters[f], s.p, s.len);
+        char err[512];
+        C4Reader *r = c4_reader_open(p, NULL, err, sizeof err);
+        CHECKF(r != NULL, "%s", err);
+        if (!r) continue;
+        C4Document d;
+        CHECK(c4_reader_next(r, &d) == 1 && d.text_len == big && d.text[big - 1] == 'b');
+        CHECKF(c4_reader_buffered_bytes(r) >= big, "%zu bytes buffered while the document is "
+               "current", c4_reader_buffered_bytes(r));
+        CHECK(c4_reader_next(r, &d) == 1 && strcmp(d.text, "small") == 0);
+        CHECKF(c4_reader_buffered_bytes(r) <= ((size_t)512 << 10), "%s: %zu bytes still "
+               "buffered after the long line", filters[f], c4_reader_buffered_bytes(r));
+        CHECK(c4_reader_next(r, &d) == 0);
+        c4_reader_close(r);
+        unlink(p);
+    }
+    free(s.p);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Truncated and corrupt inputs. */
 
@@ -742,6 +781,19 @@ static int count_lines_(const Str *s) {
     return n;
 }
 
+/* Read p: exactly one bad record, a C4_TRUNCATED whose report starts "c4: <p>:<after>" and
+ * says "(truncated)". */
+static void read_truncated_(const char *p, const char *after, GotAll *g) {
+    FILE *rep = tmpfile();
+    C4ReaderOptions o = { 0, 0, rep };
+    CHECK(read_all_(p, &o, g) == 0);
+    CHECK_EQ_INT(g->st.bad[C4_TRUNCATED], 1);
+    CHECK_EQ_INT(total_bad_(&g->st), 1);
+    char want[600];
+    snprintf(want, sizeof want, "c4: %s:%s", p, after);
+    check_first_report_(rep, want, "(truncated)");
+}
+
 static void test_truncated(void) {
     int n = test_quick() ? 1500 : 4000;
     Str s = { 0 };
@@ -756,23 +808,11 @@ static void test_truncated(void) {
             write_stream_(p, filters[f], s.p, s.len);
             long sz = file_size_(p);
             truncate_to_(p, mode == 0 ? sz * 6 / 10 : sz - 5);
-            FILE *rep = tmpfile();
-            C4ReaderOptions o = { 0, 0, rep };
             GotAll g;
-            CHECK(read_all_(p, &o, &g) == 0);
-            CHECK_EQ_INT(g.st.bad[C4_TRUNCATED], 1);
-            CHECK_EQ_INT(total_bad_(&g.st), 1);
+            read_truncated_(p, "", &g);
             if (mode == 0) CHECKF(g.n > n / 4 && g.n < n, "%s: %d of %d delivered", names[f], g.n, n);
             else CHECKF(g.n > n * 9 / 10 && g.n <= n, "%s: %d of %d delivered", names[f], g.n, n);
             check_prefix_(&g, &s, p);
-            rewind(rep);
-            char buf[1024] = "";
-            CHECK(fgets(buf, sizeof buf, rep) != NULL);
-            char want[600];
-            snprintf(want, sizeof want, "c4: %s:", p);
-            CHECKF(strncmp(buf, want, strlen(want)) == 0 && strstr(buf, "(truncated)"),
-                   "report '%s'", buf);
-            fclose(rep);
             got_free_(&g);
         }
         unlink(p);
@@ -790,12 +830,8 @@ static void test_truncated(void) {
         write_tar_(p, tf[f], m, 2);
         long sz = file_size_(p);
         truncate_to_(p, sz * 3 / 4);
-        FILE *rep = tmpfile();
-        C4ReaderOptions o = { 0, 0, rep };
         GotAll g;
-        CHECK(read_all_(p, &o, &g) == 0);
-        CHECK_EQ_INT(g.st.bad[C4_TRUNCATED], 1);
-        CHECK_EQ_INT(total_bad_(&g.st), 1);
+        read_truncated_(p, "", &g);
         CHECKF(g.n > n && g.n < 2 * n, "%s: %d delivered", tn[f], g.n);
         if (g.n > n) {
             GotAll a = g, b = g;
@@ -805,7 +841,6 @@ static void test_truncated(void) {
             b.n = g.n - n;
             check_prefix_(&b, &s2, "second.json");
         }
-        fclose(rep);
         got_free_(&g);
         unlink(p);
     }
@@ -817,20 +852,10 @@ static void test_truncated(void) {
         write_tar_(p, "none", m, 2);
         long first_end = 512 + (long)((s.len + 511) / 512 * 512);   /* ustar header + data */
         truncate_to_(p, first_end + 100);
-        FILE *rep = tmpfile();
-        C4ReaderOptions o = { 0, 0, rep };
         GotAll g;
-        CHECK(read_all_(p, &o, &g) == 0);
+        read_truncated_(p, " skipped (truncated): ", &g);
         CHECK_EQ_INT(g.n, n);
         check_prefix_(&g, &s, "first.json");
-        CHECK_EQ_INT(g.st.bad[C4_TRUNCATED], 1);
-        CHECK_EQ_INT(total_bad_(&g.st), 1);
-        rewind(rep);
-        char buf[1024] = "", want[600];
-        CHECK(fgets(buf, sizeof buf, rep) != NULL);
-        snprintf(want, sizeof want, "c4: %s: skipped (truncated): ", p);
-        CHECKF(strncmp(buf, want, strlen(want)) == 0, "report '%s'", buf);
-        fclose(rep);
         got_free_(&g);
         unlink(p);
     }
@@ -840,19 +865,9 @@ static void test_truncated(void) {
         const char *p = tpath_("stub.json.gz");
         write_stream_(p, "gzip", s.p, s.len);
         truncate_to_(p, 15);
-        FILE *rep = tmpfile();
-        C4ReaderOptions o = { 0, 0, rep };
         GotAll g;
-        CHECK(read_all_(p, &o, &g) == 0);
+        read_truncated_(p, " skipped (truncated): ", &g);
         CHECK_EQ_INT(g.n, 0);
-        CHECK_EQ_INT(g.st.bad[C4_TRUNCATED], 1);
-        CHECK_EQ_INT(total_bad_(&g.st), 1);
-        rewind(rep);
-        char buf[1024] = "", want[600];
-        CHECK(fgets(buf, sizeof buf, rep) != NULL);
-        snprintf(want, sizeof want, "c4: %s: skipped (truncated): ", p);
-        CHECKF(strncmp(buf, want, strlen(want)) == 0, "report '%s'", buf);
-        fclose(rep);
         got_free_(&g);
         unlink(p);
     }
@@ -908,6 +923,7 @@ int main(void) {
     RUN(test_fast_path_matches_jansson);
     RUN(test_report_limit);
     RUN(test_line_lengths);
+    RUN(test_buffers_released);
     RUN(test_truncated);
     RUN(test_open_errors);
     RUN(test_stats);

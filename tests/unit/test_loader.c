@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../../common/util.h"
@@ -278,6 +279,79 @@ static void test_epochs_and_content(void) {
     free(ref);
 }
 
+/* select_random_chunk inside the loader (t5-spec 4.2): a document longer than 65536 tokens
+ * contributes exactly one aligned 65536-token window (chosen by the seed), its neighbours
+ * whole; reference tokens come from spm_encode on the same texts. */
+static void test_long_document_chunk(void) {
+    char dir[] = "/tmp/t5loader_long.XXXXXX";
+    if (!mkdtemp(dir)) { CHECKF(0, "mkdtemp"); return; }
+    char path[300];
+    snprintf(path, sizeof path, "%s/long.json", dir);
+    /* three documents: short, ~100k tokens, short */
+    size_t cap = (size_t)1 << 21, len = 0;
+    char *txt[3];
+    Rng r = rng_make(3, 3);
+    for (int d = 0; d < 3; d++) {
+        int nw = d == 1 ? 60000 : 30;
+        txt[d] = xmalloc(cap);
+        size_t n = 0;
+        for (int w = 0; w < nw; w++)
+            n += (size_t)sprintf(txt[d] + n, "%s%s", w ? " " : "",
+                                 words_[rng_next_below(&r, sizeof words_ / sizeof *words_)]);
+        sprintf(txt[d] + n, ".");
+    }
+    char *file = xmalloc(3 * cap + 100);
+    for (int d = 0; d < 3; d++) len += (size_t)sprintf(file + len, "{\"text\":\"%s\"}\n", txt[d]);
+    CHECK(write_file_atomic(path, file, len) == 0);
+    free(file);
+    char err[512];
+    SpmTokenizer *spm = spm_open(SPM, err, sizeof err);
+    if (!spm) { CHECKF(0, "%s", err); return; }
+    int32_t *ref[3] = { NULL, NULL, NULL };
+    size_t rcap[3] = { 0, 0, 0 };
+    long nref[3];
+    for (int d = 0; d < 3; d++)
+        nref[d] = spm_encode(spm, txt[d], strlen(txt[d]), &ref[d], &rcap[d]);
+    spm_close(spm);
+    CHECKF(nref[1] > 65536 && nref[1] < 2 * 65536, "long document has %ld tokens", nref[1]);
+    const long L = 65536, windows = (nref[1] + L - 1) / L;
+    int seen[3] = { 0, 0, 0 };
+    char *files[] = { path };
+    int32_t *got = xmalloc((size_t)(nref[0] + L + nref[2] + 1000) * sizeof(int32_t));
+    for (uint64_t seed = 0; seed < (test_quick() ? 4u : 8u); seed++) {
+        DataLoader *dl = open_or_fail(files, 1, 1, 1, 0, 1, 128, 32, 0, 1, seed);
+        if (!dl) break;
+        T5Batch b;
+        t5_batch_alloc(&b, 1, 128, 32);
+        long m = 0;
+        int rc;
+        while ((rc = data_loader_next(dl, &b, NULL)) == 0 && m < nref[0] + L + nref[2])
+            m += unpack_row(&b, 0, data_loader_sentinel_top(dl), got + m);
+        CHECKF(rc == 1, "seed %d: status %d: %s", (int)seed, rc, data_loader_error(dl));
+        long mid = m - nref[0] - nref[2];
+        int w = -1;
+        for (long k = 0; k < windows; k++) {
+            long wl = (k + 1) * L <= nref[1] ? L : nref[1] - k * L;
+            if (mid == wl && memcmp(got + nref[0], ref[1] + k * L, (size_t)wl * 4) == 0) w = (int)k;
+        }
+        CHECKF(w >= 0, "seed %d: the middle %ld tokens are not an aligned window", (int)seed, mid);
+        if (w >= 0 && w < 3) seen[w]++;
+        CHECK(m >= nref[0] + nref[2] && memcmp(got, ref[0], (size_t)nref[0] * 4) == 0 &&
+              memcmp(got + m - nref[2], ref[2], (size_t)nref[2] * 4) == 0);
+        DataLoaderStats st;
+        data_loader_get_stats(dl, &st);
+        CHECK_EQ_INT(st.tokens_total, nref[0] + nref[1] + nref[2]);
+        CHECK_EQ_INT(st.tokens, m);
+        t5_batch_free(&b);
+        data_loader_close(dl);
+    }
+    CHECKF(seen[0] > 0 && seen[1] > 0, "windows chosen %d / %d times", seen[0], seen[1]);
+    free(got);
+    for (int d = 0; d < 3; d++) { free(ref[d]); free(txt[d]); }
+    unlink(path);
+    rmdir(dir);
+}
+
 /* Save after every batch i, restore into a fresh loader and compare the following batches with
  * the uninterrupted run; the run crosses several epoch boundaries. */
 static void test_cursor_resume(void) {
@@ -382,6 +456,143 @@ out:
     t5_batch_free(&g); t5_batch_free(&h);
 }
 
+/* Copy the fixture files into a fresh directory (for tests that delete or replace files);
+ * returns the sorted list there. */
+static int copy_fixtures(char *dir, size_t dirlen, char ***files, int *nf) {
+    snprintf(dir, dirlen, "/tmp/t5loader_copy.XXXXXX");
+    if (!mkdtemp(dir)) return -1;
+    for (int i = 0; i < n_fix; i++) {
+        size_t len;
+        char *buf = read_file_all(fix_files[i], &len);
+        const char *base = strrchr(fix_files[i], '/') + 1;
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", dir, base);
+        if (!buf || write_file_atomic(path, buf, len) != 0) { free(buf); return -1; }
+        free(buf);
+    }
+    char glob[300], err[512];
+    snprintf(glob, sizeof glob, "%s/fix-*.json", dir);
+    return data_expand_globs(glob, files, nf, err, sizeof err);
+}
+
+static void remove_copy(const char *dir, char **files, int nf) {
+    for (int i = 0; i < nf; i++) { unlink(files[i]); rmdir(files[i]); }
+    data_free_files(files, nf);
+    rmdir(dir);
+}
+
+/* Next batches until one is not 0 (at most `limit`); returns that status, or 0 at the limit. */
+static int run_until_status(DataLoader *dl, T5Batch *b, int limit, int *batches) {
+    for (*batches = 0; *batches < limit; (*batches)++) {
+        int rc = data_loader_next(dl, b, NULL);
+        if (rc != 0) return rc;
+    }
+    return 0;
+}
+
+/* A data file that disappears (or turns into a directory) after the loader opened: a clear error
+ * naming the file when a stream needs it again, sticky, no crash and no hang; with and without
+ * the prefetch thread. */
+static void test_file_vanishes(void) {
+    for (int prefetch = 0; prefetch <= 2; prefetch += 2) {
+        char dir[256], **files;
+        int nf;
+        if (copy_fixtures(dir, sizeof dir, &files, &nf) != 0 || nf != 3) {
+            CHECKF(0, "cannot copy the fixtures");
+            return;
+        }
+        DataLoader *dl = open_or_fail(files, nf, 1, 1, 0, 1, 128, 32, prefetch, 0, 4);
+        if (!dl) { remove_copy(dir, files, nf); return; }
+        T5Batch b;
+        t5_batch_alloc(&b, 1, 128, 32);
+        CHECK(data_loader_next(dl, &b, NULL) == 0);
+        unlink(files[2]);
+        if (prefetch) CHECK(mkdir(files[2], 0755) == 0);      /* unreadable as a C4 file */
+        int n, rc = run_until_status(dl, &b, 5000, &n);
+        CHECKF(rc == -1, "prefetch %d: status %d after %d more batches", prefetch, rc, n);
+        const char *e = data_loader_error(dl);
+        CHECKF(strstr(e, files[2]) && strstr(e, "stream 0"), "error '%s'", e);
+        CHECK(data_loader_next(dl, &b, NULL) == -1);           /* sticky */
+        t5_batch_free(&b);
+        data_loader_close(dl);
+        remove_copy(dir, files, nf);
+    }
+}
+
+/* Inputs that could make a loader spin forever: a stream whose files hold no usable document
+ * (empty or whitespace-only texts, bad records), or streams sharing a file with fewer documents
+ * than streams. Both end in an error naming the stream. */
+static void test_no_usable_documents(void) {
+    char dir[] = "/tmp/t5loader_empty.XXXXXX";
+    if (!mkdtemp(dir)) { CHECKF(0, "mkdtemp"); return; }
+    char p0[300], p1[300];
+    snprintf(p0, sizeof p0, "%s/empty.json", dir);
+    snprintf(p1, sizeof p1, "%s/two.json", dir);
+    const char *bad = "{\"text\":\"\"}\n{\"text\":\"   \\n \"}\nnot json\n"
+                      "{\"text\":\"a\\u0000\"}\n\n";
+    const char *two = "{\"text\":\"First document here.\"}\n{\"text\":\"And a second one.\"}\n";
+    CHECK(write_file_atomic(p0, bad, strlen(bad)) == 0);
+    CHECK(write_file_atomic(p1, two, strlen(two)) == 0);
+    char *f0[] = { p0 }, *f1[] = { p1 };
+    for (int prefetch = 0; prefetch <= 2; prefetch += 2) {
+        DataLoader *dl = open_or_fail(f0, 1, 2, 0, 0, 1, 128, 32, prefetch, 0, 1);
+        if (dl) {
+            T5Batch b;
+            t5_batch_alloc(&b, 2, 128, 32);
+            int n, rc = run_until_status(dl, &b, 10, &n);
+            CHECKF(rc == -1 && n == 0, "status %d after %d batches", rc, n);
+            const char *e = data_loader_error(dl);
+            CHECKF(strstr(e, "no non-empty documents") && strstr(e, "stream 0"), "'%s'", e);
+            t5_batch_free(&b);
+            data_loader_close(dl);
+        }
+        /* 4 streams share the 2 documents: streams 2 and 3 get none */
+        dl = open_or_fail(f1, 1, 4, 0, 0, 1, 128, 32, prefetch, 0, 1);
+        if (dl) {
+            T5Batch b;
+            t5_batch_alloc(&b, 4, 128, 32);
+            int n, rc = run_until_status(dl, &b, 10, &n);
+            CHECKF(rc == -1 && n == 0, "status %d after %d batches", rc, n);
+            CHECKF(strstr(data_loader_error(dl), "stream 2"), "'%s'", data_loader_error(dl));
+            t5_batch_free(&b);
+            data_loader_close(dl);
+        }
+    }
+    unlink(p0); unlink(p1); rmdir(dir);
+}
+
+/* A rank opens only the files of its own streams: the other files are deleted right after the
+ * loader opened, and the rank still runs two whole epochs. F >= K (stream k reads files
+ * i % K == k) and F < K (stream k reads file k % F). */
+static void test_rank_reads_own_files(void) {
+    struct { int B, K, rank, world; } cases[2] = {
+        { 3, 3, 1, 3 },             /* rank 1: stream 1 -> fix-1 */
+        { 6, 6, 1, 3 },             /* rank 1: rows 2, 3 -> streams 2, 3 -> fix-2, fix-0 */
+    };
+    for (int c = 0; c < 2; c++) {
+        char dir[256], **files;
+        int nf;
+        if (copy_fixtures(dir, sizeof dir, &files, &nf) != 0 || nf != 3) {
+            CHECKF(0, "cannot copy the fixtures");
+            return;
+        }
+        DataLoader *dl = open_or_fail(files, nf, cases[c].B, cases[c].K, cases[c].rank,
+                                      cases[c].world, 128, 32, 0, 2, 6);
+        if (!dl) { remove_copy(dir, files, nf); return; }
+        for (int i = 0; i < nf; i++) {
+            if (c == 0 ? i != 1 : i == 1) unlink(files[i]);
+        }
+        T5Batch b;
+        t5_batch_alloc(&b, cases[c].B / cases[c].world, 128, 32);
+        int n, rc = run_until_status(dl, &b, 100000, &n);
+        CHECKF(rc == 1 && n > 2, "case %d: status %d after %d batches: %s", c, rc, n,
+               data_loader_error(dl));
+        t5_batch_free(&b);
+        data_loader_close(dl);
+        remove_copy(dir, files, nf);
+    }
+}
+
 static void test_config_errors(void) {
     DataLoaderConfig c;
     data_loader_config_default(&c);
@@ -393,7 +604,13 @@ static void test_config_errors(void) {
     CHECK(data_loader_open(&c, err, sizeof err) == NULL && strstr(err, "world"));
     c.world = 1; c.enc_len = 512; c.dec_len = 64;
     CHECK(data_loader_open(&c, err, sizeof err) == NULL && strstr(err, "114"));
-    c.dec_len = 128;
+    c.enc_len = 1810; c.dec_len = 512;            /* 101 noise spans > 100 sentinels */
+    CHECK(data_loader_open(&c, err, sizeof err) == NULL && strstr(err, "sentinels"));
+    c.enc_len = 1809;                                 /* 100 spans: the longest that works */
+    DataLoader *ok = data_loader_open(&c, err, sizeof err);
+    CHECKF(ok != NULL, "%s", err);
+    data_loader_close(ok);
+    c.enc_len = 512; c.dec_len = 128;
     const char *missing[] = { "/nonexistent/c4-x.json.gz" };
     c.files = missing; c.n_files = 1;
     CHECK(data_loader_open(&c, err, sizeof err) == NULL && strstr(err, "/nonexistent/c4-x.json.gz"));
@@ -419,8 +636,12 @@ int main(void) {
     if (make_fixtures() != 0) { printf("FAIL setup: cannot write fixtures in /tmp\n"); return 1; }
     RUN(test_config_errors);
     RUN(test_epochs_and_content);
+    RUN(test_long_document_chunk);
     RUN(test_cursor_resume);
     RUN(test_cursor_merge_reshard);
+    RUN(test_file_vanishes);
+    RUN(test_no_usable_documents);
+    RUN(test_rank_reads_own_files);
     RUN(test_prefetch_identical);
     RUN(test_world_invariance);
     remove_fixtures();
