@@ -143,6 +143,21 @@ static void format_eta(double seconds, char *buf, size_t n) {
     else snprintf(buf, n, "%02ld:%02ld:%02ld", s / 3600, (s % 3600) / 60, s % 60);
 }
 
+/* A run directory that already holds results is never written over: nothing saved is lost. */
+static int run_dir_has_results(const char *run_dir, char *err, size_t errlen) {
+    const char *names[] = {"metrics.jsonl", "final"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char path[1200];
+        snprintf(path, sizeof path, "%s/%s", run_dir, names[i]);
+        if (access(path, F_OK) == 0) {
+            set_error(err, errlen, "--run-dir %s already holds a run (%s); choose a new --run-dir or "
+                      "move the old one away", run_dir, path);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static void save_weights(const T5Model *m, const char *run_dir, const char *name) {
     char dir[1200], err[1024];
     snprintf(dir, sizeof dir, "%s/%s", run_dir, name);
@@ -170,6 +185,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (options_validate(&o, mpi_world, err, sizeof err)) config_error(err);
+    if (!o.dry_run && run_dir_has_results(o.run_dir, err, sizeof err)) config_error(err);
 
     T5Config cfg;
     if (t5_config_from_variant(o.variant, &cfg, err, sizeof err)) config_error(err);
@@ -306,7 +322,7 @@ int main(int argc, char **argv) {
             FATAL("choose a writable --run-dir", "cannot create run directory '%s'", o.run_dir);
         char path[1200];
         snprintf(path, sizeof path, "%s/metrics.jsonl", o.run_dir);
-        metrics = xfopen(path, "a");
+        metrics = xfopen(path, "w");
         snprintf(path, sizeof path, "%s/config.txt", o.run_dir);
         FILE *cf = xfopen(path, "w");
         options_print(&o, cf);

@@ -70,6 +70,14 @@ then pass synthetic_metrics_fields; else fail synthetic_metrics_fields "see the 
 grep -q "memory estimate per rank" "$T/syn.log" && grep -q "BLAS OpenBLAS" "$T/syn.log" \
     && pass start_banner_reports_memory_and_blas || fail start_banner_reports_memory_and_blas "$(head -5 "$T/syn.log")"
 
+# --- a finished run is never written over ------------------------------------------------------
+before=$(md5sum "$T/syn/metrics.jsonl" "$T/syn/final/model.safetensors")
+msg=$("$BIN/t5pretrain" --variant tiny-nl2 --synthetic --batch 2 --steps 1 --threads 1 --run-dir "$T/syn" 2>&1); rc=$?
+if [ "$rc" -eq 2 ] && echo "$msg" | grep -q "already holds a run" \
+   && [ "$before" = "$(md5sum "$T/syn/metrics.jsonl" "$T/syn/final/model.safetensors")" ]; then
+    pass existing_run_dir_is_refused
+else fail existing_run_dir_is_refused "rc=$rc: $msg"; fi
+
 # --- config file, overridden by flags ------------------------------------------------------------
 cat > "$T/run.conf" <<EOF
 # a config file: the same names as the flags
