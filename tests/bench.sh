@@ -6,12 +6,12 @@
 #   2. bin/t5bench on t5-efficient-small and t5-efficient-tiny: micro-batch B, Le 512, Ld,
 #      forward + backward + Adafactor; median step time, tokens/s, GFLOP/s, MFU, peak RSS vs the
 #      analytical estimate
-# Knobs (environment): BENCH_B (8), BENCH_LD (128), BENCH_STEPS (5), BENCH_THREADS (2),
+# Knobs (environment): BENCH_B (8), BENCH_LD (114: the real target length; 128 = packed rows), BENCH_STEPS (5), BENCH_THREADS (2),
 # BENCH_VARIANTS ("t5-efficient-small t5-efficient-tiny"), T5BENCH (bin/t5bench), BENCH_OUT
 # (build/bench: one log per run).
 set -u
 cd "$(dirname "$0")/.."
-B=${BENCH_B:-8} LD=${BENCH_LD:-128} STEPS=${BENCH_STEPS:-5} THREADS=${BENCH_THREADS:-2}
+B=${BENCH_B:-8} LD=${BENCH_LD:-114} STEPS=${BENCH_STEPS:-5} THREADS=${BENCH_THREADS:-2}
 VARIANTS=${BENCH_VARIANTS:-"t5-efficient-small t5-efficient-tiny"}
 T5BENCH=${T5BENCH:-bin/t5bench}
 [ -x "$T5BENCH" ] || { echo "bench: $T5BENCH missing; run make first" >&2; exit 1; }

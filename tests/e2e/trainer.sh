@@ -191,3 +191,20 @@ for x, y in zip(a, b):
 EOF2
 then pass one_and_two_threads_agree
 else fail one_and_two_threads_agree "$(tail -3 "$T/syn2t.log")"; fi
+
+# --- T5 v1.1 option: gated-GELU FFN and an untied head, exported as such ------------------------
+"$BIN/t5pretrain" "${SMALL[@]}" --t5-version 1.1 --data "$DATA" --spm "$SPM" --batch 4 --steps 20 \
+    --run-dir "$T/v11" >"$T/v11.log" 2>&1
+if /usr/bin/python3 - "$T/v11" <<'EOF2'
+import json, sys
+cfg = json.load(open(sys.argv[1] + "/final/config.json"))
+assert cfg["feed_forward_proj"] == "gated-gelu" and cfg["tie_word_embeddings"] is False, cfg
+rows = [json.loads(l) for l in open(sys.argv[1] + "/metrics.jsonl")]
+assert len(rows) == 20, len(rows)
+first = sum(r["ce"] for r in rows[:5]) / 5
+last = sum(r["ce"] for r in rows[-5:]) / 5
+print("v1.1 ce first 5 steps %.3f, last 5 steps %.3f" % (first, last))
+assert last < first - 0.5, (first, last)
+EOF2
+then pass t5_v1_1_option_trains_and_exports
+else fail t5_v1_1_option_trains_and_exports "$(tail -3 "$T/v11.log")"; fi
