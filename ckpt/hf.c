@@ -64,11 +64,16 @@ int hf_config_read(const char *dir, T5Config *cfg, char *err, size_t errlen) {
     json_t *root = json_load_file(path, 0, &jerr);
     int rc = -1;
     if (!root) {
-        if (!file_exists_(path))
-            set_error(err, errlen, "%s: not found (HINT: --model/--hf must name a folder holding "
-                    "config.json and model.safetensors)", path);
+        char *in_final = join_(dir, "final/config.json");
+        if (!file_exists_(path) && file_exists_(in_final))
+            set_error(err, errlen, "%s: not found; %s is a training run directory (HINT: its weights "
+                      "are in %s/final)", path, dir, dir);
+        else if (!file_exists_(path))
+            set_error(err, errlen, "%s: not found (HINT: name a folder holding config.json and "
+                      "model.safetensors, such as a run's final/)", path);
         else
             set_error(err, errlen, "%s: bad JSON: %s (line %d)", path, jerr.text, jerr.line);
+        free(in_final);
         goto done;
     }
     if (!json_is_object(root)) {

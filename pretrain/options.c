@@ -32,11 +32,11 @@ static const OptSpec OPTIONS[] = {
     STR(spm, "SentencePiece model (spiece.model)"),
     STR(val_data, "validation data globs (validation loss every --eval-every steps)"),
     FLAG(synthetic, "train on generated span-corrupted batches of the real shapes (no data files)"),
-    NUM(OPT_LONG, steps, 1, 1e12, "training steps"),
-    NUM(OPT_INT, batch, 1, 1 << 20, "global batch in sequences (T5-Efficient: 128)"),
-    NUM(OPT_INT, micro_batch, 0, 1 << 20, "sequences per forward/backward on one rank (0 = all of the rank's share)"),
-    NUM(OPT_INT, threads, 0, 4096, "threads per rank (0 = OMP_NUM_THREADS or all cores)"),
-    NUM(OPT_LONG, seed, 0, 9.2e18, "seed for initialisation and data order"),
+    NUM(OPT_LONG, steps, 1, 1e12, "training steps (default 524288, the T5-Efficient budget)"),
+    NUM(OPT_INT, batch, 1, 1 << 20, "global batch in sequences (default 128, as T5-Efficient)"),
+    NUM(OPT_INT, micro_batch, 0, 1 << 20, "sequences per forward/backward on one rank (0 = the largest share of the rank's rows that fits in memory)"),
+    NUM(OPT_INT, threads, 0, 4096, "threads per rank (0 = OMP_NUM_THREADS, else the cores divided by the ranks)"),
+    NUM(OPT_LONG, seed, 0, 9.2e18, "seed for initialisation and data order (default 0; validation data uses seed + 1)"),
     STR(optimizer, "adafactor (T5 recipe) or adamw"),
     STR(lr_schedule, "rsqrt: lr/sqrt(max(step, warmup)) (T5 recipe, Adafactor's default); cosine: linear warm-up, cosine to min-lr (AdamW's default)"),
     NUM(OPT_DOUBLE, lr, 0, 1e3, "rsqrt: multiplier (default 1.0 = T5 recipe); cosine: peak learning rate (default 1e-3)"),
@@ -216,7 +216,8 @@ int options_parse(TrainOptions *o, int argc, char **argv, FILE *out, char *err, 
         if (!strcmp(a, "--config")) { i++; continue; }
         if (!strncmp(a, "--config=", 9)) continue;
         if (strncmp(a, "--", 2) != 0) {
-            snprintf(err, errlen, "unexpected argument '%s' (options start with --; see --help)", a);
+            snprintf(err, errlen, "unexpected argument '%s' (options start with --; quote globs such as "
+                     "--data 'dir/c4-train.*.json.gz' so the shell does not expand them; see --help)", a);
             return -1;
         }
         const char *name = a + 2, *eq = strchr(name, '=');

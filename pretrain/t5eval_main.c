@@ -14,7 +14,7 @@
  * in [0, vocab_size).
  *
  * Prints ONE JSON line on stdout:
- *   {"loss": L, "loss_sum": S, "tokens": N, "grad_norm": G, "z_loss": Z}
+ *   {"loss": L, "loss_sum": S, "tokens": N, "grad_norm": G, "log_z_squared": Z}
  *   N = number of labels != 0, S = sum of the token cross-entropies (natural log) over them,
  *   L = S / N (no z-loss), G = L2 norm over all parameters of dL/dparams (tied embedding counted
  *   once), Z = mean of logZ^2 over the same tokens (informational; not part of L or G).
@@ -27,7 +27,7 @@
  * Validation mode: N batches of B rows (default 8) from the same data pipeline as training
  * (data/loader.h: files of GLOB, seed S (default 0), B canonical streams, one epoch at most),
  * forward only. Prints ONE JSON line
- *   {"loss": L, "loss_sum": S, "tokens": N, "neg_log_perplexity": -L, "z_loss": Z, "batches": n}
+ *   {"loss": L, "loss_sum": S, "tokens": N, "neg_log_perplexity": -L, "log_z_squared": Z, "batches": n}
  * with the same definitions summed over all batches (t5-spec.md 6.2: neg_log_perplexity is the
  * mean of -cross-entropy over non-pad targets, in nats). If the data runs out first, the batches
  * read so far are reported (n < N, with a note on stderr); none at all is an error.
@@ -57,7 +57,7 @@ static void usage_(FILE *out) {
           "  --threads N    OpenMP/OpenBLAS threads (default: OMP_NUM_THREADS or all cores)\n"
           "  --data GLOB    validation mode: C4 files (comma-separated globs), with --spm MODEL,\n"
           "                 --batches N, --batch-size B (8), --seed S (0), --enc-len (512), --dec-len (128)\n"
-          "prints {\"loss\", \"loss_sum\", \"tokens\", \"grad_norm\", \"z_loss\"} as one JSON line\n"
+          "prints {\"loss\", \"loss_sum\", \"tokens\", \"grad_norm\", \"log_z_squared\"} as one JSON line\n"
           "(validation mode: \"neg_log_perplexity\" and \"batches\" instead of \"grad_norm\")\n",
           out);
 }
@@ -183,7 +183,7 @@ static int validate_(const char *model_dir, const char *glob, const char *spm, l
         goto done;
     }
     printf("{\"loss\": %.17g, \"loss_sum\": %.17g, \"tokens\": %ld, \"neg_log_perplexity\": %.17g, "
-           "\"z_loss\": %.17g, \"batches\": %ld}\n", ce / (double)tokens, ce, tokens,
+           "\"log_z_squared\": %.17g, \"batches\": %ld}\n", ce / (double)tokens, ce, tokens,
            -ce / (double)tokens, z / (double)tokens, done_batches);
     fflush(stdout);
     rc = 0;
@@ -335,7 +335,7 @@ int main(int argc, char **argv) {
     }
     if (rc == 0) {
         printf("{\"loss\": %.17g, \"loss_sum\": %.17g, \"tokens\": %ld, \"grad_norm\": %.17g, "
-               "\"z_loss\": %.17g}\n", st.ce_sum / (double)tokens, st.ce_sum, tokens, sqrt(g2),
+               "\"log_z_squared\": %.17g}\n", st.ce_sum / (double)tokens, st.ce_sum, tokens, sqrt(g2),
                st.z_sum / (double)tokens);
         fflush(stdout);
     }

@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ckpt/hf.h"
@@ -29,7 +30,16 @@
 #include "pretrain/t5_model.h"
 
 static volatile sig_atomic_t stop_requested = 0;
-static void on_stop_signal(int sig) { (void)sig; stop_requested = 1; }
+/* The first SIGINT/SIGTERM/SIGUSR1 asks for a stop at the next step boundary (the weights are
+ * written); a second one ends the process at once. */
+static void on_stop_signal(int sig) {
+    if (stop_requested) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    stop_requested = 1;
+}
 
 static int mpi_rank = 0, mpi_world = 1;
 
@@ -143,13 +153,71 @@ static void format_eta(double seconds, char *buf, size_t n) {
     else snprintf(buf, n, "%02ld:%02ld:%02ld", s / 3600, (s % 3600) / 60, s % 60);
 }
 
+/* Bytes of MemAvailable in /proc/meminfo, 0 if unknown. */
+static size_t mem_available_bytes(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    size_t kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %zu kB", &kb) == 1) break;
+    fclose(f);
+    return kb * 1024;
+}
+
+/* Memory one rank needs: parameters, gradients, optimizer state (AdamW: two moments; Adafactor's
+ * factored state is negligible) and the activations of one micro-batch. */
+static double rank_memory_bytes(const T5Config *cfg, const TrainOptions *o, int micro) {
+    double params = (double)t5_config_num_params(cfg);
+    return params * 4.0 * (strcmp(o->optimizer, "adamw") == 0 ? 4 : 2)
+         + (double)t5_model_activation_bytes(cfg, micro, o->enc_len, o->dec_len);
+}
+
+/* Choose the micro-batch (--micro-batch 0: the largest divisor of the rank's rows whose memory
+ * fits in 85% of what this node has available, shared by its ranks) and stop before any work if
+ * even the chosen one cannot fit. Returns the micro-batch. */
+static int plan_memory(const T5Config *cfg, const TrainOptions *o, int local_rows) {
+    MPI_Comm node;
+    int local_ranks = 1;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    MPI_Comm_size(node, &local_ranks);
+    MPI_Comm_free(&node);
+    double avail = (double)mem_available_bytes() / local_ranks;
+    int micro = o->micro_batch;
+    if (micro == 0) {
+        micro = 1;
+        for (int d = local_rows; d >= 1; d--)
+            if (local_rows % d == 0 && (avail <= 0 || rank_memory_bytes(cfg, o, d) <= 0.85 * avail)) {
+                micro = d;
+                break;
+            }
+    }
+    double need = rank_memory_bytes(cfg, o, micro);
+    int fail = avail > 0 && need > avail;
+    if (fail)
+        fprintf(stderr, "t5pretrain: error: rank %d: %s needs about %.1f GiB per rank (micro-batch %d) but "
+                "only %.1f GiB are available per rank (%d rank(s) on this node); use a smaller "
+                "--micro-batch (gradients accumulate up to --batch), fewer ranks per node, or more nodes\n",
+                mpi_rank, cfg->name, need / 1073741824.0, micro, avail / 1073741824.0, local_ranks);
+    /* every rank takes the same decision: the smallest micro-batch chosen anywhere, or a stop */
+    MPI_Allreduce(MPI_IN_PLACE, &fail, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    MPI_Allreduce(MPI_IN_PLACE, &micro, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (fail) {
+        MPI_Finalize();
+        exit(2);
+    }
+    return micro;
+}
+
 /* A run directory that already holds results is never written over: nothing saved is lost. */
 static int run_dir_has_results(const char *run_dir, char *err, size_t errlen) {
     const char *names[] = {"metrics.jsonl", "final"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         char path[1200];
+        struct stat st;
         snprintf(path, sizeof path, "%s/%s", run_dir, names[i]);
-        if (access(path, F_OK) == 0) {
+        /* an empty metrics file is what a run that failed before its first step leaves */
+        if (stat(path, &st) == 0 && (S_ISDIR(st.st_mode) || st.st_size > 0)) {
             set_error(err, errlen, "--run-dir %s already holds a run (%s); choose a new --run-dir or "
                       "move the old one away", run_dir, path);
             return 1;
@@ -185,7 +253,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (options_validate(&o, mpi_world, err, sizeof err)) config_error(err);
-    if (!o.dry_run && run_dir_has_results(o.run_dir, err, sizeof err)) config_error(err);
+    if (run_dir_has_results(o.run_dir, err, sizeof err)) config_error(err);
 
     T5Config cfg;
     if (t5_config_from_variant(o.variant, &cfg, err, sizeof err)) config_error(err);
@@ -200,7 +268,7 @@ int main(int argc, char **argv) {
     blas_runtime_set_threads(threads);
 
     const int local_rows = o.batch / mpi_world;
-    const int micro = o.micro_batch ? o.micro_batch : local_rows;
+    int micro = o.micro_batch;   /* chosen by plan_memory() once the model is known */
 
     /* Data: every rank opens the streams of its own rows only. */
     BatchSource src = {0};
@@ -241,6 +309,7 @@ int main(int argc, char **argv) {
         src.sentinel_top = src.synthetic_pieces + 99;
     }
     if (t5_config_validate(&cfg, err, sizeof err)) config_error(err);
+    micro = plan_memory(&cfg, &o, local_rows);
 
     /* Model and optimizer. Same seed on every rank: identical initial parameters. */
     T5Model model;
@@ -258,13 +327,20 @@ int main(int argc, char **argv) {
         else if (okind != OPTIM_ADAFACTOR) oc.lr.warmup_steps = 10000;
     } else {
         if (o.lr > 0) oc.lr.peak_lr = o.lr;
+        else if (oc.lr.peak_lr <= 0) oc.lr.peak_lr = okind == OPTIM_ADAFACTOR ? 0.01 : 1e-3;
         if (o.warmup_steps >= 0) oc.lr.warmup_steps = o.warmup_steps;
+        else if (oc.lr.warmup_steps <= 0 || oc.lr.warmup_steps == 10000) oc.lr.warmup_steps = 1000;
         oc.lr.min_lr = o.min_lr >= 0 ? o.min_lr : oc.lr.peak_lr * 0.1;
         oc.lr.total_steps = o.steps;
         if (oc.lr.warmup_steps >= oc.lr.total_steps) oc.lr.warmup_steps = oc.lr.total_steps / 10;
     }
     oc.weight_decay = o.weight_decay;
     if (optim_config_validate(&oc, err, sizeof err)) config_error(err);
+    /* config.txt records the values in force, not the "default" placeholders */
+    snprintf(o.lr_schedule, sizeof o.lr_schedule, "%s", oc.lr.kind == LR_RSQRT ? "rsqrt" : "cosine");
+    o.lr = oc.lr.kind == LR_RSQRT ? oc.lr.multiplier : oc.lr.peak_lr;
+    o.warmup_steps = oc.lr.warmup_steps;
+    o.min_lr = oc.lr.kind == LR_RSQRT ? 0 : oc.lr.min_lr;
     OptimTensor *otensors = xcalloc((size_t)model.num_tensors, sizeof *otensors);
     for (int i = 0; i < model.num_tensors; i++) {
         const T5Tensor *t = &model.tensors[i];
@@ -287,7 +363,10 @@ int main(int argc, char **argv) {
      * time (as they will train), and the peak of the run is the sum over ranks. */
     double gemm_s = 0;
     MPI_Barrier(MPI_COMM_WORLD);
-    double peak_gflops = blas_measure_sgemm_gflops(2048, threads, 5, &gemm_s);
+    /* the first measurement also wakes the thread pool; the better of two is the peak */
+    double peak_gflops = blas_measure_sgemm_gflops(2048, threads, 3, &gemm_s);
+    double again = blas_measure_sgemm_gflops(2048, threads, 5, &gemm_s);
+    if (again > peak_gflops) peak_gflops = again;
     MPI_Allreduce(MPI_IN_PLACE, &peak_gflops, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
 
     if (mpi_rank == 0) {

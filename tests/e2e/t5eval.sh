@@ -84,13 +84,13 @@ rc=$?
 if [ $rc -eq 0 ] && [ "$(wc -l <"$T/A.json")" -eq 1 ] && $PY - "$T" <<'EOF' 2>"$T/pyerr"
 import sys, json, math, numpy as np
 T = sys.argv[1]; r = json.loads(open(T + '/A.json').read())
-assert set(r) >= {'loss', 'loss_sum', 'tokens', 'grad_norm', 'z_loss'}, r
+assert set(r) >= {'loss', 'loss_sum', 'tokens', 'grad_norm', 'log_z_squared'}, r
 lab = np.load(T + '/A/labels.npy')
 assert r['tokens'] == int((lab > 0).sum()), (r['tokens'], (lab > 0).sum())
 assert abs(r['loss'] - r['loss_sum'] / r['tokens']) <= 1e-12 * r['loss']
 # an untrained model predicts roughly uniformly: loss near ln(V)
 assert 0.5 * math.log(32128) < r['loss'] < 2 * math.log(32128), r
-assert r['grad_norm'] > 0 and r['z_loss'] > 0
+assert r['grad_norm'] > 0 and r['log_z_squared'] > 0
 EOF
 then pass t5eval_json; else fail t5eval_json "rc=$rc $(tail -2 "$T/log") $(tail -2 "$T/pyerr")"; fi
 
@@ -247,7 +247,7 @@ logz = (mx + np.log(np.exp(logits - mx).sum(-1, keepdims=True)))[..., 0]
 ce = logz - np.take_along_axis(logits, lab[..., None], -1)[..., 0]
 m = lab != 0
 print(json.dumps({'loss': float(ce[m].sum() / m.sum()), 'loss_sum': float(ce[m].sum()),
-                  'tokens': int(m.sum()), 'z_loss': float((logz[m] ** 2).sum() / m.sum())}))
+                  'tokens': int(m.sum()), 'log_z_squared': float((logz[m] ** 2).sum() / m.sum())}))
 EOF
 for b in A packed; do
     "$EV" --model "$T/m" --batch "$T/$b" --threads 2 >"$T/ev_$b.json" 2>>"$T/log"
@@ -257,7 +257,7 @@ a, r = (json.loads(open(p).read()) for p in sys.argv[1:3])
 print('t5eval', a, '\nnumpy ', r)
 assert a['tokens'] == r['tokens']
 assert abs(a['loss'] - r['loss']) <= 2e-6 * abs(r['loss']), 'loss'
-assert abs(a['z_loss'] - r['z_loss']) <= 1e-5 * abs(r['z_loss']), 'z_loss'
+assert abs(a['log_z_squared'] - r['log_z_squared']) <= 1e-5 * abs(r['log_z_squared']), 'log_z_squared'
 EOF
     then pass "t5eval_numpy_reference_$b"; else fail "t5eval_numpy_reference_$b" "$(tail -2 "$T/pyerr")"; fi
 done

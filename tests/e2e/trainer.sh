@@ -34,6 +34,8 @@ expect_config_error() {  # name, expected message part, args...
     else fail "config_error_$name" "rc=$rc, message: $msg"; fi
 }
 expect_config_error unknown_variant "nearest" --variant smal --synthetic
+expect_config_error does_not_fit_memory "smaller --micro-batch" --variant large-nl32 --synthetic --micro-batch 128
+expect_config_error unquoted_glob "quote globs" --variant tiny --data data/sample/c4-train.00000-of-00004.json.gz data/sample/c4-train.00001-of-00004.json.gz --spm "$SPM"
 expect_config_error no_data "no training data" --variant tiny
 expect_config_error micro_batch "micro-batch" --variant tiny --synthetic --batch 4 --micro-batch 3
 expect_config_error bad_number "expects a number" --variant tiny --synthetic --steps ten
@@ -208,3 +210,20 @@ assert last < first - 0.5, (first, last)
 EOF2
 then pass t5_v1_1_option_trains_and_exports
 else fail t5_v1_1_option_trains_and_exports "$(tail -3 "$T/v11.log")"; fi
+
+# --- a second stop signal ends the process at once, mid-step ------------------------------------
+"$BIN/t5pretrain" --variant tiny --synthetic --batch 64 --micro-batch 8 --steps 10 --threads 1 \
+    --run-dir "$T/sig2" >"$T/sig2.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 300); do grep -q "sgemm peak" "$T/sig2.log" && break; sleep 0.1; done
+sleep 0.5
+kill -TERM "$pid"; sleep 0.3; kill -TERM "$pid"
+t0=$SECONDS
+wait "$pid"; rc=$?
+if [ "$rc" -eq 143 ] && [ $((SECONDS - t0)) -le 5 ]; then pass second_signal_ends_at_once
+else fail second_signal_ends_at_once "rc=$rc after $((SECONDS - t0)) s"; fi
+
+# --- pointing t5eval at a run directory names the folder that holds its weights -------------------
+msg=$("$BIN/t5eval" --model "$T/one" --batch "$T/batch0" --threads 1 2>&1); rc=$?
+if [ "$rc" -ne 0 ] && echo "$msg" | grep -q "weights are in $T/one/final"; then pass run_dir_hint_names_final
+else fail run_dir_hint_names_final "rc=$rc: $msg"; fi
