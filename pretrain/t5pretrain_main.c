@@ -501,7 +501,10 @@ int main(int argc, char **argv) {
     if (mpi_rank == 0) {
         if (stop_requested) printf("t5pretrain: stop requested; stopping after step %ld\n", step);
         if (exhausted) printf("t5pretrain: training data exhausted after step %ld (see --max-epochs)\n", step);
-        if (src.loader) data_loader_print_stats(src.loader, stdout);
+        if (src.loader) {
+            printf("t5pretrain: data read by rank 0:\n");
+            data_loader_print_stats(src.loader, stdout);
+        }
         save_weights(&model, o.run_dir, "final");
         printf("t5pretrain: wrote %s/final (config.json + model.safetensors); metrics in %s/metrics.jsonl\n",
                o.run_dir, o.run_dir);
