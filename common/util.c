@@ -81,17 +81,22 @@ double now_seconds(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-size_t peak_rss_bytes(void) {
-    FILE *f = fopen("/proc/self/status", "r");
+/* The "<key> <n> kB" value of a /proc file such as /proc/self/status, in bytes; 0 if unknown. */
+static size_t proc_kb_field_(const char *path, const char *key) {
+    FILE *f = fopen(path, "r");
     if (!f) return 0;
     char line[256];
-    size_t kb = 0;
+    size_t kb = 0, klen = strlen(key);
     while (fgets(line, sizeof line, f)) {
-        if (strncmp(line, "VmHWM:", 6) == 0) { kb = (size_t)strtoull(line + 6, NULL, 10); break; }
+        if (strncmp(line, key, klen) == 0) { kb = (size_t)strtoull(line + klen, NULL, 10); break; }
     }
     fclose(f);
     return kb * 1024;
 }
+
+size_t peak_rss_bytes(void) { return proc_kb_field_("/proc/self/status", "VmHWM:"); }
+size_t current_rss_bytes(void) { return proc_kb_field_("/proc/self/status", "VmRSS:"); }
+size_t mem_available_bytes(void) { return proc_kb_field_("/proc/meminfo", "MemAvailable:"); }
 
 int fsync_dir_of(const char *path) {
     char *copy = xstrdup(path);

@@ -42,6 +42,10 @@ double now_seconds(void);
 
 /* Peak resident set size of this process in bytes (from /proc/self/status VmHWM), 0 if unknown. */
 size_t peak_rss_bytes(void);
+/* Current resident set size (VmRSS) of this process in bytes, 0 if unknown. */
+size_t current_rss_bytes(void);
+/* MemAvailable of /proc/meminfo in bytes (what the machine can still give), 0 if unknown. */
+size_t mem_available_bytes(void);
 
 /* Format a message into err (errlen bytes) for functions that report errors to their caller.
  * Does nothing if err is NULL or errlen is 0. */

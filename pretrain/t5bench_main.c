@@ -115,18 +115,6 @@ static double median_(double *x, int n) {
     return (n % 2) ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
 }
 
-/* Current resident set (VmRSS) in bytes, 0 if unknown. */
-static size_t current_rss_bytes_(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f) return 0;
-    char line[256];
-    size_t kb = 0;
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, "VmRSS:", 6) == 0) { kb = (size_t)strtoull(line + 6, NULL, 10); break; }
-    fclose(f);
-    return kb * 1024;
-}
-
 /* Escape-free JSON string (variant and core names contain no quotes or backslashes; anything
  * else is replaced by '_' to stay valid). */
 static void json_str_(FILE *f, const char *s) {
@@ -146,7 +134,7 @@ typedef struct {
 
 static void bench_model_(const BenchOptions *o, const T5Config *cfg, ModelBench *r) {
     memset(r, 0, sizeof *r);
-    r->rss_before_model = current_rss_bytes_();
+    r->rss_before_model = current_rss_bytes();
     T5Model m;
     t5_model_build(&m, cfg);
     t5_model_init_weights(&m, (uint64_t)o->seed);

@@ -153,18 +153,6 @@ static void format_eta(double seconds, char *buf, size_t n) {
     else snprintf(buf, n, "%02ld:%02ld:%02ld", s / 3600, (s % 3600) / 60, s % 60);
 }
 
-/* Bytes of MemAvailable in /proc/meminfo, 0 if unknown. */
-static size_t mem_available_bytes(void) {
-    FILE *f = fopen("/proc/meminfo", "r");
-    if (!f) return 0;
-    char line[256];
-    size_t kb = 0;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %zu kB", &kb) == 1) break;
-    fclose(f);
-    return kb * 1024;
-}
-
 /* Memory one rank needs: parameters, gradients, optimizer state (AdamW: two moments; Adafactor's
  * factored state is negligible) and the activations of one micro-batch. */
 static double rank_memory_bytes(const T5Config *cfg, const TrainOptions *o, int micro) {
