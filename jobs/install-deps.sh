@@ -8,6 +8,7 @@ packages=(build-essential make pkg-config
           libopenblas-dev libopenblas-openmp-dev libscalapack-openmpi-dev
           libzstd-dev zstd libarchive-dev libjansson-dev
           libsentencepiece-dev sentencepiece
+          libdnnl-dev libxxhash-dev gnuplot-nox
           python3 python3-numpy valgrind)
 if [ "${WITH_SLURM:-0}" = 1 ]; then packages+=(slurm-wlm munge); fi
 

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "pretrain/t5_model.h"
+#include "pretrain/t5_ops.h"
 #include "tests/unit/test.h"
 
 /* Expected bucket of a key at distance dist >= 0 from its query, from a table of the first

@@ -17,6 +17,7 @@
  * element is skipped (counted; at most 5% may be skipped).
  */
 #include <math.h>
+#include <omp.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -24,6 +25,7 @@
 
 #include "common/util.h"
 #include "pretrain/t5_model.h"
+#include "pretrain/t5_ops.h"
 #include "tests/unit/test.h"
 
 #define RTOL 2e-4
@@ -290,7 +292,8 @@ static void attn_case_(const char *label, int B, int Lq, int Lk, int causal, int
     float *dbias = calloc((size_t)B * H * R, sizeof(float)), *g = calloc(n, sizeof(float));
     float *scratch = malloc(sizeof(float) * t5_attention_scratch_floats(Lq, Lk));
     t5_attention_backward(dqb, ld, dkvb + HK, ld, dkvb + 2 * HK, ld, has_bias ? dbias : NULL, w,
-                          HK, att, qb, ld, kvb + HK, ld, kvb + 2 * HK, ld, B, Lq, Lk, H, K, scratch);
+                          HK, att, qb, ld, kvb + HK, ld, kvb + 2 * HK, ld, B, Lq, Lk, H, K, scratch,
+                          omp_get_max_threads());
     for (int t = 0; t < B * Lq; t++) memcpy(g + (size_t)t * HK, dqb + (size_t)t * ld, HK * sizeof(float));
     for (int t = 0; t < B * Lk; t++) {
         memcpy(g + nq + (size_t)t * HK, dkvb + (size_t)t * ld + HK, HK * sizeof(float));
