@@ -88,8 +88,7 @@ int t5_relative_bucket(int rel, int bidirectional, int num_buckets, int max_dist
 void t5_matmul_forward(float *out, const float *inp, const float *W, int N, int C, int OC,
                        float alpha, float beta) {
     PROF_BEGIN();
-    t5_gemm(0, 1, N, OC, C, alpha, inp, C, W, C, beta,
-                out, OC);
+    t5_gemm_w(0, 1, N, OC, C, alpha, inp, C, W, C, beta, out, OC);   /* W is a weight */
     PROF_END(PROF_MATMUL);
 }
 
@@ -98,8 +97,7 @@ void t5_matmul_backward(float *dinp, float dinp_beta, float *dW, const float *do
                         const float *inp, const float *W, int N, int C, int OC, float alpha) {
     PROF_BEGIN();
     if (dinp)
-        t5_gemm(0, 0, N, C, OC, alpha, dout, OC, W, C,
-                    dinp_beta, dinp, C);
+        t5_gemm_w(0, 0, N, C, OC, alpha, dout, OC, W, C, dinp_beta, dinp, C);
     if (dW)
         t5_gemm(1, 0, OC, C, N, alpha, dout, OC, inp, C,
                     1.0f, dW, C);

@@ -26,7 +26,8 @@ int t5_relative_bucket(int rel, int bidirectional, int num_buckets, int max_dist
  * run parts of the model (pipeline stages). Row-major fp32; shapes in brackets. Backward
  * functions ACCUMULATE (+=) into parameter gradients; see t5_model.c for each contract. ---- */
 
-/* out[N,OC] = alpha * inp[N,C] . W[OC,C]^T + beta * out  (HF Linear layout, no bias). */
+/* out[N,OC] = alpha * inp[N,C] . W[OC,C]^T + beta * out  (HF Linear layout, no bias). W must be
+ * a model weight (constant between gemm_weights_updated() calls): in bf16 its copy is cached. */
 void t5_matmul_forward(float *out, const float *inp, const float *W, int N, int C, int OC,
                        float alpha, float beta);
 /* dinp[N,C] = alpha * dout . W + dinp_beta * dinp (skipped if dinp is NULL);
