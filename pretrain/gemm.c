@@ -8,6 +8,7 @@
 
 #include <cblas.h>
 #include <dnnl.h>
+#include <immintrin.h>
 #include <math.h>
 #include <omp.h>
 #include <pthread.h>
@@ -136,23 +137,56 @@ float gemm_round_bf16(float x) {
     return y;
 }
 
+/* One row: d[n] = bf16(scale * s[n]). Three versions with the same rounding (nearest even):
+ * AVX512_BF16's vcvtneps2bf16 (16 per instruction; it treats denormal inputs as zero, harmless
+ * for training values), the integer formula compiled for AVX-512, and the portable one. */
+#define ROW_BODY_                                                                      \
+    if (scale == 1.0f) {                                                               \
+        _Pragma("omp simd") for (int c = 0; c < n; c++) d[c] = to_bf16_(s[c]);         \
+    } else {                                                                           \
+        _Pragma("omp simd") for (int c = 0; c < n; c++) d[c] = to_bf16_(scale * s[c]); \
+    }
+static void row_plain_(uint16_t *d, const float *s, int n, float scale) { ROW_BODY_ }
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static void row_avx512_(uint16_t *d, const float *s, int n, float scale) { ROW_BODY_ }
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+static void row_avx512bf16_(uint16_t *d, const float *s, int n, float scale) {
+    __m512 sc = _mm512_set1_ps(scale);
+    int c = 0;
+    for (; c + 16 <= n; c += 16) {
+        __m256bh y = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(s + c), sc));
+        _mm256_storeu_si256((__m256i *)(d + c), (__m256i)y);
+    }
+    if (c < n) {
+        __mmask16 m = (__mmask16)((1u << (n - c)) - 1u);
+        __m256bh y = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + c), sc));
+        _mm256_mask_storeu_epi16(d + c, m, (__m256i)y);
+    }
+}
+
+typedef void (*RowFn)(uint16_t *, const float *, int, float);
+static RowFn row_fn_(void) {
+    static RowFn fn = NULL;
+    if (!fn) {
+        __builtin_cpu_init();
+        RowFn f = row_plain_;
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl"))
+            f = __builtin_cpu_supports("avx512bf16") ? row_avx512bf16_ : row_avx512_;
+        fn = f;   /* racing threads store the same value */
+    }
+    return fn;
+}
+
 /* dst[rows, cols] (dense) = bf16(scale * src[rows, cols] at row stride ld). Parallel over rows
  * when called outside a parallel region and the matrix is large. */
 static void convert_(uint16_t *dst, const float *src, int rows, int cols, int ld, float scale) {
     size_t n = (size_t)rows * cols;
     int par = !omp_in_parallel() && n >= ((size_t)1 << 16);
+    RowFn fn = row_fn_();
 #pragma omp parallel for schedule(static) if (par)
-    for (int r = 0; r < rows; r++) {
-        const float *s = src + (size_t)r * ld;
-        uint16_t *d = dst + (size_t)r * cols;
-        if (scale == 1.0f) {
-#pragma omp simd
-            for (int c = 0; c < cols; c++) d[c] = to_bf16_(s[c]);
-        } else {
-#pragma omp simd
-            for (int c = 0; c < cols; c++) d[c] = to_bf16_(scale * s[c]);
-        }
-    }
+    for (int r = 0; r < rows; r++)
+        fn(dst + (size_t)r * cols, src + (size_t)r * ld, cols, scale);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -428,7 +462,7 @@ static void onednn_gemm_(int is_weight, int ta, int tb, int M, int N, int K, flo
                          const float *A, int lda, const float *B, int ldb, float beta, float *C,
                          int ldc) {
     Slot *s = slot_();
-    int timed = stats_timed_();
+    int timed = stats_timed_() && !omp_in_parallel();   /* wall time outside parallel regions */
     double t0 = timed ? now_seconds() : 0.0, conv = 0.0;
     PrimKey k;
     memset(&k, 0, sizeof k);
@@ -438,7 +472,7 @@ static void onednn_gemm_(int is_weight, int ta, int tb, int M, int N, int K, flo
         k.alpha_bits = fbits_(alpha); k.beta_bits = fbits_(beta);
         Prim *p = prim_get_(&k);
         execute_(p, s, A, B, C);
-        if (timed) stats_add_(2.0 * M * N * K, 0.0, now_seconds() - t0);
+        stats_add_(2.0 * M * N * K, 0.0, timed ? now_seconds() - t0 : 0.0);
         return;
     }
     /* bf16: dense operands as stored; alpha folded into A */
@@ -476,6 +510,7 @@ static void onednn_gemm_(int is_weight, int ta, int tb, int M, int N, int K, flo
         }
     }
     if (timed) stats_add_(2.0 * M * N * K, (t1 - t0) + conv, now_seconds() - t1);
+    else stats_add_(2.0 * M * N * K, 0.0, 0.0);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -502,7 +537,7 @@ static void gemm_(int is_weight, int ta, int tb, int M, int N, int K, float alph
     double t0 = timed ? now_seconds() : 0.0;
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M,
                 N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    if (timed) stats_add_(2.0 * M * N * K, 0.0, now_seconds() - t0);
+    stats_add_(2.0 * M * N * K, 0.0, timed ? now_seconds() - t0 : 0.0);
 }
 
 void t5_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
@@ -543,14 +578,11 @@ void gemm_release(void) {
 /* ---------------------------------------------------------------------------------------------
  * Memory */
 
-size_t gemm_extra_bytes(GemmPrecision p, size_t weight_params, size_t largest_act_floats,
-                        int threads) {
+size_t gemm_extra_bytes(GemmPrecision p, size_t weight_params, size_t largest_a_floats,
+                        size_t largest_b_floats, int threads) {
     if (p != GEMM_BF16) return 0;
     if (threads < 1) threads = 1;
-    /* weights once (2 B/elem); A and B conversion buffers for the largest activation operand
-     * (+25% growth slack, as slot_buf_ allocates); per thread an attention head's dense output
-     * and scratch, bounded by 4 MiB each. */
-    return 2 * weight_params + (size_t)(2.5 * 2.0 * (double)largest_act_floats) +
+    return 2 * weight_params + (size_t)(1.25 * 2.0 * (double)(largest_a_floats + largest_b_floats)) +
            (size_t)threads * ((size_t)4 << 20);
 }
 

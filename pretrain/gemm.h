@@ -107,18 +107,21 @@ void gemm_weights_updated(void);
 void gemm_release(void);
 
 /* Memory the bf16 path needs beyond the fp32 model: bf16 copies of weight_params weight
- * elements (2 bytes each) plus the conversion buffers of the largest activation operand
- * (largest_act_floats elements, A and B, 2 bytes each) and a dense-output buffer of the largest
- * strided output per thread (small; attention heads). fp32: 0. For the memory estimate. */
-size_t gemm_extra_bytes(GemmPrecision p, size_t weight_params, size_t largest_act_floats,
-                        int threads);
+ * elements (2 bytes each), the conversion buffers of the largest A operand (largest_a_floats;
+ * for T5 the LM-head gradient [M, V]) and the largest activation B operand (largest_b_floats;
+ * for T5 a weight-gradient input [N, max(d, d_ff)]), 2 bytes per element plus the 25% growth
+ * slack of the buffers, and per thread at most 4 MiB of dense attention outputs and oneDNN
+ * scratchpad. fp32: 0. For the memory estimate. */
+size_t gemm_extra_bytes(GemmPrecision p, size_t weight_params, size_t largest_a_floats,
+                        size_t largest_b_floats, int threads);
 
 /* Bytes held now by the caches and buffers (for reports). */
 size_t gemm_cache_bytes(void);
 
-/* Counters since the last gemm_stats_reset(): products, seconds converting operands to bf16,
- * seconds in the product kernels (including OpenBLAS), weight conversions. Timed only when
- * enabled (T5_PROFILE=1 or gemm_stats_enable(1)); counts always. */
+/* Counters since the last gemm_stats_reset(): products, FLOPs, weight conversions, and (only
+ * when enabled: T5_PROFILE=1 or gemm_stats_enable(1)) wall seconds converting operands to bf16
+ * and in the product kernels, for products called OUTSIDE parallel regions (the attention
+ * products run inside one and are timed as part of attention by t5_ops). */
 typedef struct {
     long calls, weight_conversions;
     double convert_s, kernel_s;

@@ -378,8 +378,8 @@ static void test_default_policy(void) {
     GemmConfig bad = {GEMM_BF16, GEMM_BACKEND_OPENBLAS};
     char err[256];
     CHECK(gemm_set_config(&bad, err, sizeof err) != 0 && strstr(err, "oneDNN"));
-    CHECK(gemm_extra_bytes(GEMM_FP32, 1000, 1000, 2) == 0);
-    CHECK(gemm_extra_bytes(GEMM_BF16, 1000, 1000, 2) >= 2000 + 4000);
+    CHECK(gemm_extra_bytes(GEMM_FP32, 1000, 1000, 1000, 2) == 0);
+    CHECK(gemm_extra_bytes(GEMM_BF16, 1000, 1000, 1000, 2) >= 2000 + 4000);
 }
 
 static void test_peak(void) {
