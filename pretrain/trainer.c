@@ -218,12 +218,12 @@ static int resolve_precision_(Trainer *t, char *msg, size_t msglen, char *err, s
     GemmConfig gc = {GEMM_FP32, GEMM_BACKEND_OPENBLAS};
     char why[256] = "";
     if (!strcmp(t->o.precision, "auto")) {
-        gc.precision = gemm_default_precision(why, sizeof why);
+        gemm_default_config(&gc, why, sizeof why);
     } else {
         gc.precision = !strcmp(t->o.precision, "bf16") ? GEMM_BF16 : GEMM_FP32;
+        gc.backend = gc.precision == GEMM_BF16 ? GEMM_BACKEND_ONEDNN : GEMM_BACKEND_OPENBLAS;
         snprintf(why, sizeof why, "--precision %s", t->o.precision);
     }
-    if (gc.precision == GEMM_BF16) gc.backend = GEMM_BACKEND_ONEDNN;
     if (gemm_set_config(&gc, err, errlen)) return -1;
     snprintf(t->o.precision, sizeof t->o.precision, "%s", gc.precision == GEMM_BF16 ? "bf16" : "fp32");
     snprintf(msg, msglen, "%s (%s)", t->o.precision, why);
@@ -236,8 +236,15 @@ static double rank_memory_bytes_(const Trainer *t, int micro) {
     double params = (double)t5_config_num_params(&t->cfg);
     double state = strcmp(t->o.optimizer, "adamw") == 0 ? 2 * params : 0.02 * params;
     if (t->o.zero) state /= t->grid.dp_size;
-    return params * 8.0 + state * 4.0 + (double)gemm_extra_bytes(t5_config_num_params(&t->cfg))
-         + (double)t5_model_activation_bytes(&t->cfg, micro, t->o.enc_len, t->o.dec_len);
+    const T5Config *c = &t->cfg;
+    GemmConfig gc;
+    gemm_get_config(&gc);
+    size_t M = (size_t)micro * t->o.dec_len, N = (size_t)micro * t->o.enc_len;
+    size_t widest = (size_t)(c->d_ff > c->d_model ? c->d_ff : c->d_model) * (c->ffn == T5_FFN_GATED_GELU ? 2 : 1);
+    double extra = (double)gemm_extra_bytes(gc.precision, t5_config_num_params(c), M * (size_t)c->vocab_size,
+                                            N * widest, t->threads);
+    return params * 8.0 + state * 4.0 + extra
+         + (double)t5_model_activation_bytes(c, micro, t->o.enc_len, t->o.dec_len);
 }
 
 /* --micro-batch 0: the largest divisor of the rank's rows whose memory fits in 85% of what the
@@ -984,16 +991,24 @@ int trainer_open(Trainer **out, TrainOptions *opts, MPI_Comm world) {
 
     /* MFU against the peak of this machine now, measured by all ranks together. */
     MPI_CHECK(MPI_Barrier(world));
-    double disturbed = 0;
-    t->peak_gflops = gemm_measure_peak_gflops(t->threads, &disturbed);
+    GemmPeak peak;
+    GemmConfig gcfg;
+    gemm_get_config(&gcfg);
+    int disturbed = 0;
+    if (gemm_measure_peak(gcfg.precision, 2048, t->threads, 5, &peak, err, sizeof err) == 0) {
+        t->peak_gflops = peak.best_gflops;
+        disturbed = peak.disturbed;
+    }
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &t->peak_gflops, 1, MPI_DOUBLE, MPI_SUM, world));
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &disturbed, 1, MPI_INT, MPI_MAX, world));
 
     if (t->is_root) {
         print_plan_(t, wsize, ranks_per_node, why, precision_msg, avail);
         printf("t5pretrain: BLAS %s\n", blas_runtime_describe());
+        printf("t5pretrain: GEMM %s\n", gemm_describe());
         printf("t5pretrain: %.3f TFLOP per step (t5-spec.md section 8); %s matmul peak measured now: %.1f GFLOP/s (all ranks)%s\n",
                t->step_flops / 1e12, o->precision, t->peak_gflops,
-               disturbed > 0.1 ? " (the measurement varied: the machine looks busy; MFU may read high)" : "");
+               disturbed ? " (the measurement varied: the machine looks busy; MFU may read high)" : "");
         if (o->resume) printf("t5pretrain: resumed at step %ld (%lld tokens seen)\n", t->step, t->tokens);
         fflush(stdout);
         if (mkdir_p(o->run_dir) != 0)
@@ -1179,6 +1194,7 @@ void trainer_close(Trainer *t) {
     data_free_files(t->files, t->n_files);
     data_free_files(t->val_files, t->n_val_files);
     free(t->cursor_before);
+    gemm_release();
     if (t->grid.world != MPI_COMM_NULL && t->grid.size > 0) grid_free(&t->grid);
     free(t);
 }
