@@ -848,13 +848,18 @@ void t5_model_forward(T5Model *m, const T5Batch *b, float z_loss_coef, T5LossSta
     t5_stage_forward(m, a, b, &in, z_loss_coef, out);
 }
 
-void t5_model_backward(T5Model *m, float loss_scale) {
+void t5_model_backward_ready(T5Model *m, float loss_scale, void (*ready)(void *ctx, int tensor),
+                             void *ctx) {
     if (!m->acts || !m->acts->have_forward)
         FATAL("call t5_model_forward before t5_model_backward", "t5_model_backward: no forward");
     T5StageGrad g;
     memset(&g, 0, sizeof g);
+    g.ready = ready;
+    g.ready_ctx = ctx;
     t5_stage_backward(m, m->acts, &g, loss_scale);
 }
+
+void t5_model_backward(T5Model *m, float loss_scale) { t5_model_backward_ready(m, loss_scale, NULL, NULL); }
 /* ---------------------------------------------------------------------------------------------
  * FLOPs (t5-spec.md section 8): matrix products only, 2 per multiply-add, full squares. */
 

@@ -91,6 +91,10 @@ void t5_model_forward(T5Model *m, const T5Batch *b, float z_loss_coef, T5LossSta
 
 /* Backward of the last forward; ACCUMULATES into m->grads (call t5_model_zero_grad first). */
 void t5_model_backward(T5Model *m, float loss_scale);
+/* The same; ready(ctx, i) hears of tensor i as soon as its gradient is final (for the data-
+ * parallel reduction to start during backward). */
+void t5_model_backward_ready(T5Model *m, float loss_scale, void (*ready)(void *ctx, int tensor),
+                             void *ctx);
 
 void t5_model_zero_grad(T5Model *m);
 

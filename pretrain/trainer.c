@@ -1094,7 +1094,8 @@ static int save_final_(Trainer *t) {
     if (t->grid.rank == 0) {
         char dir[1200], err[1024];
         snprintf(dir, sizeof dir, "%s/final", t->o.run_dir);
-        if (hf_save(dir, &t->model, err, sizeof err) != 0) {
+        HfSaveOpts ho = {1, t->o.spm[0] ? t->o.spm : NULL};
+        if (hf_save_folder(dir, &t->model, &ho, err, sizeof err) != 0) {
             fprintf(stderr, "t5pretrain: error: cannot write %s: %s\n", dir, err);
             return -1;
         }
