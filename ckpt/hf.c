@@ -167,7 +167,7 @@ done:
     return rc;
 }
 
-static int config_write_(const char *dir, const T5Config *c, char *err, size_t errlen) {
+char *hf_config_to_json(const T5Config *c) {
     json_t *o = json_object();
     json_object_set_new(o, "architectures", json_pack("[s]", "T5ForConditionalGeneration"));
     json_object_set_new(o, "model_type", json_string("t5"));
@@ -196,6 +196,11 @@ static int config_write_(const char *dir, const T5Config *c, char *err, size_t e
     char *text = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
     json_decref(o);
     if (!text) FATAL("out of memory?", "json_dumps failed for config.json");
+    return text;
+}
+
+static int config_write_(const char *dir, const T5Config *c, char *err, size_t errlen) {
+    char *text = hf_config_to_json(c);
     size_t n = strlen(text);
     text = xrealloc(text, n + 2);
     text[n] = '\n';

@@ -44,6 +44,10 @@ int hf_config_read(const char *dir, T5Config *cfg, char *err, size_t errlen);
 int hf_config_parse(const char *json_text, const char *where, const char *name, T5Config *cfg,
                     char *err, size_t errlen);
 
+/* The config.json text for c (the keys and values listed above; malloc'ed, caller frees), e.g. for
+ * a checkpoint's meta "config". */
+char *hf_config_to_json(const T5Config *c);
+
 typedef struct {
     int replace;            /* 1: an existing DIR is replaced (atomically); 0: refuse (error) */
     const char *spm_path;   /* if set: the tokenizer files too (hf_write_tokenizer) */
