@@ -62,7 +62,8 @@ void t5_model_build(T5Model *m, const T5Config *cfg) {
     t5_model_build_stage(m, cfg, &r);
 }
 
-void t5_model_build_stage(T5Model *m, const T5Config *cfg, const T5StageRange *range) {
+/* The tensor table of a range (no allocation of the buffers). */
+static void build_table_(T5Model *m, const T5Config *cfg, const T5StageRange *range) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     m->range = *range;
@@ -133,6 +134,18 @@ void t5_model_build_stage(T5Model *m, const T5Config *cfg, const T5StageRange *r
     }
     if (!c->tied_embedding) add_tensor_(m, &cap, &off, &gidx, r->head, "lm_head.weight", 2, V, d);
     m->num_params = off;
+}
+
+size_t t5_stage_num_params(const T5Config *cfg, const T5StageRange *range) {
+    T5Model m;
+    build_table_(&m, cfg, range);
+    free(m.tensors);
+    return m.num_params;
+}
+
+void t5_model_build_stage(T5Model *m, const T5Config *cfg, const T5StageRange *range) {
+    build_table_(m, cfg, range);
+    size_t off = m->num_params;
     m->params = xmalloc_aligned((off ? off : 1) * sizeof(float));
     m->grads = xmalloc_aligned((off ? off : 1) * sizeof(float));
     memset(m->params, 0, off * sizeof(float));

@@ -74,6 +74,8 @@ void t5_model_build(T5Model *m, const T5Config *cfg);
  * each stack's relative_attention_bias on every stage running blocks of that stack). */
 void t5_model_build_stage(T5Model *m, const T5Config *cfg, const T5StageRange *range);
 void t5_stage_range_full(const T5Config *cfg, T5StageRange *range);
+/* Parameters a stage holds (shared tensors included), without allocating anything. */
+size_t t5_stage_num_params(const T5Config *cfg, const T5StageRange *range);
 void t5_model_free(T5Model *m);
 
 /* Mesh TensorFlow initialisation (t5-spec.md section 3), a pure function of seed and of each

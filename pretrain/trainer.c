@@ -25,8 +25,10 @@
 #include "../common/util.h"
 #include "../data/loader.h"
 #include "../data/synthetic.h"
+#include "../parallel/dp.h"
 #include "../parallel/grid.h"
 #include "../parallel/mpi_check.h"
+#include "../parallel/pipeline.h"
 #include "gemm.h"
 #include "metrics.h"
 #include "optim.h"
@@ -38,7 +40,15 @@ struct Trainer {
     Grid grid;
     int is_root;                 /* world rank 0: prints, metrics, manifest */
     T5Config cfg;
-    T5Model model;
+    T5StageRange *ranges;        /* every pipeline stage's range; this rank runs ranges[pp_rank] */
+    double *stage_cost;          /* each stage's share of the cost model */
+    int recompute;
+    int plan_pp, plan_dp;        /* the layout planned for (the real one, or --plan-world's) */
+    T5Model model;               /* this stage's tensors */
+    Pipeline *pipe;              /* pp > 1 */
+    DpReducer *dp;
+    int *owner;                  /* per tensor: the data-parallel rank that updates and saves it */
+    int *opt_index;              /* per tensor: its index in the optimizer's table, -1 if not ours */
     OptimConfig oc;
     Optim opt;
     OptimTensor *otensors;
@@ -230,51 +240,92 @@ static int resolve_precision_(Trainer *t, char *msg, size_t msglen, char *err, s
     return 0;
 }
 
-/* Memory one rank needs: parameters, gradients, optimizer state and the activations of one
- * micro-batch (and the bf16 copies when products run in bf16). */
-static double rank_memory_bytes_(const Trainer *t, int micro) {
-    double params = (double)t5_config_num_params(&t->cfg);
-    double state = strcmp(t->o.optimizer, "adamw") == 0 ? 2 * params : 0.02 * params;
-    if (t->o.zero) state /= t->grid.dp_size;
+/* Memory one rank needs: its stage's parameters and gradients, its share of the optimizer state
+ * (AdamW: two moments; Adafactor's factored state is ~1%; ZeRO-1 divides it by dp), the
+ * activation sets its stage keeps in flight (1F1B: P - s of them), the backward scratch, and the
+ * bf16 copies when products run in bf16. */
+static double stage_memory_bytes_(const Trainer *t, int stage, int micro, int recompute) {
     const T5Config *c = &t->cfg;
+    const T5StageRange *r = &t->ranges[stage];
+    double params = (double)t5_stage_num_params(c, r);
+    double state = strcmp(t->o.optimizer, "adamw") == 0 ? 2 * params : 0.02 * params;
+    if (t->o.zero) state /= t->plan_dp;
     GemmConfig gc;
     gemm_get_config(&gc);
     size_t M = (size_t)micro * t->o.dec_len, N = (size_t)micro * t->o.enc_len;
     size_t widest = (size_t)(c->d_ff > c->d_model ? c->d_ff : c->d_model) * (c->ffn == T5_FFN_GATED_GELU ? 2 : 1);
-    double extra = (double)gemm_extra_bytes(gc.precision, t5_config_num_params(c), M * (size_t)c->vocab_size,
+    double extra = (double)gemm_extra_bytes(gc.precision, (size_t)params, r->head ? M * (size_t)c->vocab_size : M * widest,
                                             N * widest, t->threads);
-    return params * 8.0 + state * 4.0 + extra
-         + (double)t5_model_activation_bytes(c, micro, t->o.enc_len, t->o.dec_len);
+    int m = t->local_rows / micro, in_flight = t->plan_pp - stage;
+    if (in_flight > m) in_flight = m;
+    double acts = (double)in_flight * t5_acts_bytes(c, r, micro, t->o.enc_len, t->o.dec_len, recompute)
+                + (double)t5_scratch_bytes(c, r, micro, t->o.enc_len, t->o.dec_len, recompute);
+    double pipe = t->plan_pp > 1 ? (double)(in_flight + 3) * micro * (t->o.enc_len + t->o.dec_len) * c->d_model * 4.0 : 0;
+    return params * 8.0 + state * 4.0 + extra + acts + pipe;
 }
 
-/* --micro-batch 0: the largest divisor of the rank's rows whose memory fits in 85% of what the
- * process may use (the job's cgroup or the node, shared by the node's ranks). Every rank takes
- * the smallest choice made anywhere; a configuration that cannot fit stops before work. */
-static int plan_memory_(Trainer *t, int ranks_on_node, double *avail_out, char *err, size_t errlen) {
+/* The largest need over the stages: every rank plans the same, so all agree. */
+static double rank_memory_bytes_(const Trainer *t, int micro, int recompute) {
+    double worst = 0;
+    for (int s = 0; s < t->plan_pp; s++) {
+        double v = stage_memory_bytes_(t, s, micro, recompute);
+        if (v > worst) worst = v;
+    }
+    return worst;
+}
+
+/* The micro-batch and recomputation (--micro-batch 0, --recompute auto): the largest divisor of
+ * the rank's rows whose memory fits in 85% of what the process may use (the job's cgroup or the
+ * node, shared by the node's ranks), first without recomputation, then with it; with pipeline
+ * stages, first among the choices that give at least 4 micro-batches per stage (a small
+ * bubble). Every rank takes the smallest choice made anywhere; a configuration that cannot fit
+ * stops before work. */
+static int plan_memory_(Trainer *t, int ranks_on_node, double *avail_out, char *note, size_t notelen,
+                        char *err, size_t errlen) {
     char why[256] = "";
     double avail = (double)resources_memory_available(why, sizeof why) / ranks_on_node;
-    int micro = t->o.micro_batch;
-    if (micro == 0) {
-        micro = 1;
-        for (int d = t->local_rows; d >= 1; d--)
-            if (t->local_rows % d == 0 && (avail <= 0 || rank_memory_bytes_(t, d) <= 0.85 * avail)) {
-                micro = d;
-                break;
-            }
-    }
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &micro, 1, MPI_INT, MPI_MIN, t->grid.world));
-    double need = rank_memory_bytes_(t, micro);
-    int fail = avail > 0 && need > avail;
+    double budget = 0.85 * avail;
+    int fixed_micro = t->o.micro_batch, P = t->plan_pp;
+    int rec_opts[2] = {0, 1}, n_rec = 2;
+    if (!strcmp(t->o.recompute, "on")) { rec_opts[0] = 1; n_rec = 1; }
+    if (!strcmp(t->o.recompute, "off")) n_rec = 1;
+    int micro = 0, rec = rec_opts[0];
+    note[0] = 0;
+    for (int pass = P > 1 && !fixed_micro ? 0 : 1; pass < 2 && !micro; pass++)
+        for (int d = fixed_micro ? fixed_micro : t->local_rows; d >= 1 && !micro; d--) {
+            if (t->local_rows % d) continue;
+            if (pass == 0 && t->local_rows / d < 4 * P) continue;
+            for (int k = 0; k < n_rec && !micro; k++)
+                if (avail <= 0 || rank_memory_bytes_(t, d, rec_opts[k]) <= budget) { micro = d; rec = rec_opts[k]; }
+            if (fixed_micro) break;
+        }
+    int fail = micro == 0;
+    if (fail) { micro = fixed_micro ? fixed_micro : 1; rec = rec_opts[n_rec - 1]; }
+    int agree[2] = {micro, -rec};   /* the smallest micro-batch, and recomputation if any rank needs it */
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, agree, 2, MPI_INT, MPI_MIN, t->grid.world));
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &fail, 1, MPI_INT, MPI_MAX, t->grid.world));
+    micro = agree[0];
+    rec = -agree[1];
     *avail_out = avail;
+    double need = rank_memory_bytes_(t, micro, rec);
     if (fail) {
-        set_error(err, errlen, "%s needs about %.1f GiB per rank (micro-batch %d) but only %.1f GiB are "
+        set_error(err, errlen, "%s needs about %.1f GiB per rank (micro-batch %d%s) but only %.1f GiB are "
                   "available per rank (%s, %d rank(s) per node); use a smaller --micro-batch (gradients "
-                  "accumulate up to --batch), --zero 1, fewer ranks per node, or more nodes",
-                  t->cfg.name, need / 1073741824.0, micro, avail / 1073741824.0, why, ranks_on_node);
+                  "accumulate up to --batch), --recompute on, --zero 1, more pipeline stages (--pp), fewer "
+                  "ranks per node, or more nodes",
+                  t->cfg.name, need / 1073741824.0, micro, rec ? ", recomputing" : "", avail / 1073741824.0, why,
+                  ranks_on_node);
         return -1;
     }
+    if (rec && !strcmp(t->o.recompute, "auto"))
+        snprintf(note, notelen, "activation recomputation on: the activations would not fit otherwise");
+    if (P > 1 && !fixed_micro && t->local_rows / micro < 4 * P)
+        snprintf(note + strlen(note), notelen - strlen(note), "%sonly %d micro-batches per step for %d stages "
+                 "(memory allows no more): the bubble is %.0f%%", note[0] ? "; " : "", t->local_rows / micro, P,
+                 100.0 * (P - 1) / (t->local_rows / micro + P - 1));
     t->micro = micro;
+    t->recompute = rec;
+    snprintf(t->o.recompute, sizeof t->o.recompute, "%s", rec ? "on" : "off");
     return 0;
 }
 
@@ -369,61 +420,100 @@ static int open_loader_(Trainer *t, char *err, size_t errlen) {
 /* ---------------------------------------------------------------------------------------------
  * One step. */
 
-typedef struct { double ce_sum, z_sum, tokens; } StepSums;
-
-static void reduce_grads_(Trainer *t) {
-    if (t->grid.dp_size == 1) return;
-    const size_t piece = (size_t)1 << 28;   /* MPI counts are ints */
-    for (size_t off = 0; off < t->model.num_params; off += piece) {
-        size_t len = t->model.num_params - off < piece ? t->model.num_params - off : piece;
-        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, t->model.grads + off, (int)len, MPI_FLOAT, MPI_SUM,
-                                t->grid.dp));
-    }
-}
-
 typedef struct {
-    double loss, ce_tok, z_tok, lr, grad_norm, target_tokens, wait_s, step_s;
+    double loss, ce_tok, z_tok, lr, grad_norm, param_rms, target_tokens, wait_s, step_s;
+    double pp_wait_s, dp_wait_s, dp_reduce_s;
 } StepResult;
 
 static StepResult last_result_;
 
+/* Tensors whose values this rank counts in sums over the whole model (gradient norm, parameter
+ * RMS, checkpoint pieces): the ones it owns among data-parallel replicas, and of a tensor several
+ * pipeline stages hold, only the first stage's copy. */
+static int counts_tensor_(const Trainer *t, int i) {
+    if (t->owner[i] != t->grid.dp_rank) return 0;
+    return !(t->pipe && pp_is_secondary_copy(t->pipe, i));
+}
+
+/* Sum of squares over the whole model (every rank gets it) and whether all are finite: one
+ * collective of two doubles. */
+static double global_sum_squares_(const Trainer *t, const float *buf, int *finite) {
+    double v[2] = {0, 0};
+    for (int i = 0; i < t->model.num_tensors; i++) {
+        if (!counts_tensor_(t, i)) continue;
+        const T5Tensor *tt = &t->model.tensors[i];
+        v[0] += sum_squares_(buf + tt->offset, tt->numel);
+        if (finite && !all_finite_(buf + tt->offset, tt->numel)) v[1] = 1;
+    }
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_DOUBLE, MPI_SUM, t->grid.world));
+    if (finite) *finite = v[1] == 0;
+    return v[0];
+}
+
+/* Backward's "tensor i is final": start its data-parallel reduction, and keep MPI progressing. */
+static void grad_ready_(void *ctx, int tensor) {
+    Trainer *t = ctx;
+    dp_tensor_ready(t->dp, tensor);
+    dp_progress(t->dp);
+}
+
 int trainer_step(Trainer *t) {
-    StepResult r = {0};
+    StepResult r;
+    memset(&r, 0, sizeof r);
     mpi_check_set_step(t->step);
     double t0 = now_seconds();
     free(t->cursor_before);
     t->cursor_before = t->loader ? data_loader_cursor_save(t->loader, NULL) : NULL;
     int rc = next_batch_(t, &r.wait_s);
-    int worst = rc;
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &worst, 1, MPI_INT, MPI_MAX, t->grid.world));
-    int any_error = rc < 0;
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &any_error, 1, MPI_INT, MPI_MAX, t->grid.world));
-    if (any_error) return -1;
-    if (worst == 1) return 1;
+    int status[2] = {rc, rc < 0};
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, status, 2, MPI_INT, MPI_MAX, t->grid.world));
+    if (status[1]) return -1;
+    if (status[0] == 1) return 1;
 
     const float loss_scale = 1.0f / (float)((double)t->o.batch * t->o.dec_len);
+    const float zc = (float)t->o.z_loss;
     t5_model_zero_grad(&t->model);
-    StepSums ss = {0, 0, 0};
-    for (int row = 0; row < t->local_rows; row += t->micro) {
-        T5Batch mb = t5_batch_slice(&t->local, row, t->micro);
-        T5LossStats st;
-        t5_model_forward(&t->model, &mb, (float)t->o.z_loss, &st);
-        t5_model_backward(&t->model, loss_scale);
-        ss.ce_sum += st.ce_sum;
-        ss.z_sum += st.z_sum;
-        ss.tokens += (double)st.tokens;
+    dp_begin(t->dp, t->model.grads);
+    T5LossStats sum = {0, 0, 0};
+    if (t->pipe) {
+        pp_train_step(t->pipe, &t->local, zc, loss_scale, &sum, grad_ready_, t);
+        pp_reduce_shared(t->pipe, grad_ready_, t);
+        PpStats ps;
+        pp_last_stats(t->pipe, &ps);
+        r.pp_wait_s = ps.wait_s;   /* the bubble as the stage that waited most saw it */
+        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &r.pp_wait_s, 1, MPI_DOUBLE, MPI_MAX, t->grid.world));
+    } else {
+        for (int row = 0; row < t->local_rows; row += t->micro) {
+            T5Batch mb = t5_batch_slice(&t->local, row, t->micro);
+            T5LossStats st;
+            t5_model_forward(&t->model, &mb, zc, &st);
+            int last = row + t->micro >= t->local_rows;
+            t5_model_backward_ready(&t->model, loss_scale, last ? grad_ready_ : NULL, t);
+            sum.ce_sum += st.ce_sum;
+            sum.z_sum += st.z_sum;
+            sum.tokens += st.tokens;
+        }
     }
-    reduce_grads_(t);
-    if (t->grid.dp_size > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &ss, 3, MPI_DOUBLE, MPI_SUM, t->grid.dp));
-    if (!all_finite_(t->model.grads, t->model.num_params)) return -2;
-    r.grad_norm = sqrt(sum_squares_(t->model.grads, t->model.num_params));
+    dp_finish(t->dp);
+    DpStats ds;
+    dp_last_stats(t->dp, &ds);
+    r.dp_wait_s = ds.wait_s;
+    r.dp_reduce_s = ds.reduce_s;
+    double sums[3] = {sum.ce_sum, sum.z_sum, (double)sum.tokens};
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, t->grid.world));
+    int finite = 1;
+    double ss = global_sum_squares_(t, t->model.grads, &finite);
+    if (!finite) return -2;
+    r.grad_norm = sqrt(ss);
     r.lr = optim_step(&t->opt, t->model.params, t->model.grads, t->step);
+    dp_allgather_params(t->dp, t->model.params);
     gemm_weights_updated();
+    r.param_rms = sqrt(global_sum_squares_(t, t->model.params, NULL) / (double)t5_config_num_params(&t->cfg));
     r.step_s = now_seconds() - t0;
-    r.loss = (ss.ce_sum + t->o.z_loss * ss.z_sum) / ((double)t->o.batch * t->o.dec_len);
-    r.ce_tok = ss.tokens > 0 ? ss.ce_sum / ss.tokens : NAN;
-    r.z_tok = ss.tokens > 0 ? t->o.z_loss * ss.z_sum / ss.tokens : NAN;
-    r.target_tokens = ss.tokens;
+    r.loss = (sums[0] + t->o.z_loss * sums[1]) / ((double)t->o.batch * t->o.dec_len);
+    r.ce_tok = sums[2] > 0 ? sums[0] / sums[2] : NAN;
+    r.z_tok = sums[2] > 0 ? t->o.z_loss * sums[1] / sums[2] : NAN;
+    r.target_tokens = sums[2];
     t->step++;
     t->tokens += (long long)t->o.batch * t->o.enc_len;
     t->last_loss = r.loss;
@@ -451,6 +541,13 @@ static int evaluate_(Trainer *t, int batches, double *loss, double *tokens_out) 
         if (rc < 0) { failed = 1; snprintf(err, sizeof err, "%s", data_loader_error(val)); break; }
         if (rc == 1) break;
         got++;
+        if (t->pipe) {
+            T5LossStats st;
+            pp_forward(t->pipe, &t->local, &st);
+            sums[0] += st.ce_sum;
+            sums[1] += (double)st.tokens;
+            continue;
+        }
         for (int row = 0; row < t->local_rows; row += t->micro) {
             T5Batch mb = t5_batch_slice(&t->local, row, t->micro);
             T5LossStats st;
@@ -467,7 +564,7 @@ static int evaluate_(Trainer *t, int batches, double *loss, double *tokens_out) 
         if (t->is_root) fprintf(stderr, "t5pretrain: error: the validation data holds fewer than --eval-batches %d batches of %d rows\n", batches, t->o.batch);
         return -1;
     }
-    if (t->grid.dp_size > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, t->grid.dp));
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, t->grid.world));
     *tokens_out = sums[1];
     *loss = sums[1] > 0 ? sums[0] / sums[1] : NAN;
     return 0;
@@ -500,41 +597,14 @@ static int check_validation_(Trainer *t, char *err, size_t errlen) {
  * Checkpoints. Every data-parallel rank writes the tensors it owns (balanced by size, largest
  * first; with ZeRO-1 the owners of the optimizer state), so the writing is spread over ranks. */
 
-static int writer_of_(const Trainer *t, int tensor) {
-    /* a pure function of the table and dp size: every rank computes the same owners */
-    int dp = t->grid.dp_size, n = t->model.num_tensors;
-    if (dp == 1) return 0;
-    static int *owner = NULL, owner_n = 0, owner_dp = 0;
-    if (!owner || owner_n != n || owner_dp != dp) {
-        free(owner);
-        owner = xcalloc((size_t)n, sizeof(int));
-        int *order = xcalloc((size_t)n, sizeof(int));
-        double *load = xcalloc((size_t)dp, sizeof(double));
-        for (int i = 0; i < n; i++) order[i] = i;
-        for (int i = 1; i < n; i++)   /* insertion sort by size, largest first (stable) */
-            for (int j = i; j > 0 && t->model.tensors[order[j]].numel > t->model.tensors[order[j - 1]].numel; j--) {
-                int tmp = order[j]; order[j] = order[j - 1]; order[j - 1] = tmp;
-            }
-        for (int k = 0; k < n; k++) {
-            int best = 0;
-            for (int r = 1; r < dp; r++) if (load[r] < load[best]) best = r;
-            owner[order[k]] = best;
-            load[best] += (double)t->model.tensors[order[k]].numel;
-        }
-        free(order);
-        free(load);
-        owner_n = n;
-        owner_dp = dp;
-    }
-    return owner[tensor];
-}
-
 /* Names of optimizer-state pieces of tensor i: up to 2 (kind prefix, numel, shape). */
 typedef struct { char name[160]; int ndim; int64_t shape[2]; size_t numel; const float *data; } StatePiece;
 
 static int state_pieces_(const Trainer *t, int i, StatePiece out[2]) {
     const T5Tensor *tt = &t->model.tensors[i];
-    const float *st = t->opt.state + t->opt.state_offset[i];
+    int oi = t->opt_index[i];
+    if (oi < 0) return 0;
+    const float *st = t->opt.state + t->opt.state_offset[oi];
     if (t->oc.kind == OPTIM_ADAMW) {
         for (int k = 0; k < 2; k++) {
             snprintf(out[k].name, sizeof out[k].name, "%s/%s", k ? "adamw_v" : "adamw_m", tt->name);
@@ -546,7 +616,7 @@ static int state_pieces_(const Trainer *t, int i, StatePiece out[2]) {
         }
         return 2;
     }
-    if (t->opt.is_factored[i]) {
+    if (t->opt.is_factored[oi]) {
         snprintf(out[0].name, sizeof out[0].name, "adafactor_r/%s", tt->name);
         out[0].ndim = 1; out[0].shape[0] = tt->shape[0]; out[0].shape[1] = 0;
         out[0].numel = (size_t)tt->shape[0]; out[0].data = st;
@@ -652,7 +722,7 @@ int trainer_save(Trainer *t, int background) {
     StatePiece *sp = xcalloc((size_t)2 * t->model.num_tensors, sizeof *sp);
     int nsp = 0;
     for (int i = 0; i < t->model.num_tensors; i++) {
-        if (writer_of_(t, i) != t->grid.dp_rank) continue;
+        if (!counts_tensor_(t, i)) continue;
         const T5Tensor *tt = &t->model.tensors[i];
         char *pname = xmalloc(strlen(tt->name) + 8);
         sprintf(pname, "param/%s", tt->name);
@@ -823,11 +893,49 @@ static int check_run_dir_(const Trainer *t, char *err, size_t errlen) {
     return 0;
 }
 
+/* A projection by the cost model of step time and bubble on larger clusters, to choose --pp:
+ * the step's FLOPs spread over all ranks at an assumed sustained rate, stretched by the 1F1B
+ * bubble (P-1)/(m+P-1), plus the data-parallel gradient all-reduce of one stage at an assumed
+ * network bandwidth (not overlapped, so an upper bound). */
+static void print_projection_(const Trainer *t, int ranks_per_node) {
+    const double rate = 100e9 * t->threads;     /* FLOP/s per rank: ~100 GFLOP/s per core, fp32 */
+    const double net = 10e9;                     /* bytes/s per rank for the all-reduce */
+    const T5Config *c = &t->cfg;
+    double flops = t5_model_flops_per_step(c, t->o.batch, t->o.enc_len, t->o.dec_len);
+    static const int nodes_list[3] = {1, 8, 32};
+    printf("t5pretrain: projection (cost model; assumes %.0f GFLOP/s per rank sustained and %.0f GB/s per rank "
+           "for the gradient all-reduce, micro-batch 1):\n", rate / 1e9, net / 1e9);
+    printf("    nodes  ranks  pp   dp  micro-batches  bubble   step_s  (compute + all-reduce)\n");
+    for (int k = 0; k < 3; k++) {
+        int world = nodes_list[k] * ranks_per_node;
+        for (int P = 1; P <= 64 && P <= world; P *= 2) {
+            if (world % P || P > c->n_enc_layers + c->n_dec_layers) continue;
+            int dp = world / P;
+            if (t->o.batch % dp) continue;
+            int m = t->o.batch / dp;
+            T5StageRange *r = xcalloc((size_t)P, sizeof *r);
+            double *cost = xcalloc((size_t)P, sizeof(double)), worst = 0;
+            char e[256];
+            if (pp_split(c, P, "auto", t->o.enc_len, t->o.dec_len, r, cost, e, sizeof e) == 0)
+                for (int s = 0; s < P; s++) if (cost[s] > worst) worst = cost[s];
+            double bubble = (double)(P - 1) / (m + P - 1);
+            /* the slowest stage sets the pace: its share of the step's FLOPs over its dp ranks */
+            double compute = flops * worst / ((double)dp * rate) * (m + P - 1) / m;
+            double params = (double)t5_config_num_params(c) * worst;
+            double comm = dp > 1 ? 2.0 * params * 4.0 * (dp - 1) / dp / net : 0;
+            printf("    %5d  %5d  %2d  %3d  %13d  %5.1f%%  %7.2f  (%.2f + %.2f)\n", nodes_list[k], world, P, dp,
+                   m, 100 * bubble, compute + comm, compute, comm);
+            free(r);
+            free(cost);
+        }
+    }
+}
+
 static void print_plan_(const Trainer *t, int world, int ranks_per_node, const char *threads_why,
                         const char *precision_msg, double avail) {
     const T5Config *c = &t->cfg;
     size_t params = t5_config_num_params(c);
-    double mem = rank_memory_bytes_(t, t->micro);
+    double mem = rank_memory_bytes_(t, t->micro, t->recompute);
     printf("t5pretrain: %s | el %d dl %d d_model %d d_ff %d heads %d d_kv %d vocab %d | %zu params (%.2fM)\n",
            c->name, c->n_enc_layers, c->n_dec_layers, c->d_model, c->d_ff, c->n_heads, c->d_kv,
            c->vocab_size, params, params / 1e6);
@@ -842,6 +950,20 @@ static void print_plan_(const Trainer *t, int world, int ranks_per_node, const c
     if (!strcmp(t->o.lr_schedule, "cosine")) printf("t5pretrain: cosine min-lr %g at step %ld\n", t->o.min_lr, t->o.steps);
     printf("t5pretrain: memory estimate per rank %.1f MiB (micro-batch %d; %.1f GiB available per rank)\n",
            mem / 1048576.0, t->micro, avail / 1073741824.0);
+    if (t->o.pp > 1) {
+        char split[1024];
+        pp_split_describe(t->ranges, t->o.pp, split, sizeof split);
+        printf("t5pretrain: pipeline %d stages (%s split): %s\n", t->o.pp, t->o.pp_split, split);
+        printf("t5pretrain: stage cost shares");
+        for (int s2 = 0; s2 < t->o.pp; s2++)
+            printf(" %.1f%%", 100 * t->stage_cost[s2]);
+        printf("; parameters per stage");
+        for (int s2 = 0; s2 < t->o.pp; s2++) printf(" %.2fM", t5_stage_num_params(c, &t->ranges[s2]) / 1e6);
+        int m = t->local_rows / t->micro;
+        printf("; %d micro-batches per step: ideal bubble (P-1)/(m+P-1) = %.1f%%\n", m,
+               100.0 * (t->o.pp - 1) / (m + t->o.pp - 1));
+    }
+    printf("t5pretrain: activation recomputation %s\n", t->recompute ? "on (block inputs kept, blocks recomputed in backward)" : "off");
     printf("t5pretrain: checkpoints: every %ld steps%s%s, keep last %d%s\n", t->o.save_every,
            t->o.save_every_minutes > 0 ? " and every " : "", t->o.save_every_minutes > 0 ? "few minutes" : "",
            t->o.keep_last, t->o.keep_every > 0 ? " and every multiple of --keep-every" : "");
@@ -851,6 +973,7 @@ static void print_plan_(const Trainer *t, int world, int ranks_per_node, const c
                              "micro_batch", t->micro, "memory_per_rank_bytes", mem,
                              "memory_per_node_bytes", mem * ranks_per_node, "steps", (json_int_t)t->o.steps,
                              "precision", t->o.precision);
+    if (t->o.dry_run) print_projection_(t, ranks_per_node);
     char *s = json_dumps(plan, JSON_COMPACT | JSON_PRESERVE_ORDER);
     printf("plan: %s\n", s);
     free(s);
@@ -906,15 +1029,13 @@ int trainer_open(Trainer **out, TrainOptions *opts, MPI_Comm world) {
     if (options_validate(o, wsize, err, sizeof err)) goto config_fail;
     if (grid_init(&t->grid, world, o->dry_run && o->plan_world > 0 ? 1 : o->pp,
                   o->dry_run && o->plan_world > 0 ? 1 : o->tp, err, sizeof err)) goto config_fail;
-    if (o->pp > 1 || o->tp > 1) {
-        set_error(err, sizeof err, "--pp %d --tp %d: pipeline and tensor parallelism are not built into this "
-                  "trainer yet; use data parallelism (--pp 1 --tp 1)", o->pp, o->tp);
+    if (o->tp > 1) {
+        set_error(err, sizeof err, "--tp %d: tensor parallelism is not built into this trainer yet; use "
+                  "pipeline (--pp) and data parallelism", o->tp);
         goto config_fail;
     }
-    if (o->zero) {
-        set_error(err, sizeof err, "--zero 1 is not built into this trainer yet");
-        goto config_fail;
-    }
+    t->plan_pp = o->pp;
+    t->plan_dp = plan_world / (o->pp * o->tp);
     if (!o->dry_run && check_run_dir_(t, err, sizeof err)) goto config_fail;
 
     if (t5_config_from_variant(o->variant, &t->cfg, err, sizeof err)) goto config_fail;
@@ -947,8 +1068,14 @@ int trainer_open(Trainer **out, TrainOptions *opts, MPI_Comm world) {
         t->cfg.vocab_size = data_loader_vocab_size(t->loader);
     }
     if (t5_config_validate(&t->cfg, err, sizeof err)) goto config_fail;
+    t->ranges = xcalloc((size_t)o->pp, sizeof *t->ranges);
+    t->stage_cost = xcalloc((size_t)o->pp, sizeof(double));
+    if (pp_split(&t->cfg, o->pp, o->pp_split, o->enc_len, o->dec_len, t->ranges, t->stage_cost, err, sizeof err))
+        goto config_fail;
     double avail = 0;
-    if (plan_memory_(t, ranks_per_node, &avail, err, sizeof err)) goto config_fail;
+    char mem_note[512] = "";
+    if (plan_memory_(t, ranks_per_node, &avail, mem_note, sizeof mem_note, err, sizeof err)) goto config_fail;
+    if (mem_note[0] && t->is_root) printf("t5pretrain: %s\n", mem_note);
     o->micro_batch = t->micro;
     if (check_validation_(t, err, sizeof err)) goto config_fail;
 
@@ -958,16 +1085,39 @@ int trainer_open(Trainer **out, TrainOptions *opts, MPI_Comm world) {
         return T5_EXIT_DONE;
     }
 
-    /* model and optimizer: the same seed on every rank gives identical parameters */
-    t5_model_build(&t->model, &t->cfg);
+    /* model (this stage's tensors) and optimizer: the same seed on every rank gives identical
+     * parameters, whatever the layout (initialisation is keyed by each tensor's global index) */
+    t5_model_build_stage(&t->model, &t->cfg, &t->ranges[t->grid.pp_rank]);
+    t->model.recompute = t->recompute;
     t5_model_init_weights(&t->model, (uint64_t)o->seed);
     if (o->init_from[0]) {
         int bad = init_from_hf_(t, err, sizeof err) != 0;
         if (agree_error_(t, bad, err)) { code = T5_EXIT_CONFIG; goto fail_quiet; }
     }
-    t->otensors = optim_table_(&t->model);
-    if (optim_init(&t->opt, &t->oc, t->otensors, t->model.num_tensors, t->model.num_params, err, sizeof err))
+    /* data-parallel reduction (and ZeRO-1 ownership) over this stage's tensors */
+    DpTensor *dt = xcalloc((size_t)t->model.num_tensors, sizeof *dt);
+    for (int i = 0; i < t->model.num_tensors; i++) {
+        dt[i].offset = t->model.tensors[i].offset;
+        dt[i].numel = t->model.tensors[i].numel;
+    }
+    t->dp = dp_reducer_create(t->grid.dp, dt, t->model.num_tensors, o->zero, 0);
+    t->owner = xcalloc((size_t)t->model.num_tensors, sizeof(int));
+    if (o->zero) for (int i = 0; i < t->model.num_tensors; i++) t->owner[i] = dp_owner(t->dp, i);
+    else dp_plan_owners(dt, t->model.num_tensors, t->grid.dp_size, t->owner);   /* who writes what */
+    free(dt);
+    /* the optimizer updates the tensors this rank owns (ZeRO-1) or all of them */
+    int *mine = xcalloc((size_t)t->model.num_tensors, sizeof(int));
+    int n_mine = dp_owned_tensors(t->dp, mine);
+    OptimTensor *all = optim_table_(&t->model);
+    t->otensors = xcalloc((size_t)(n_mine ? n_mine : 1), sizeof *t->otensors);
+    t->opt_index = xcalloc((size_t)t->model.num_tensors, sizeof(int));
+    for (int i = 0; i < t->model.num_tensors; i++) t->opt_index[i] = -1;
+    for (int k = 0; k < n_mine; k++) { t->otensors[k] = all[mine[k]]; t->opt_index[mine[k]] = k; }
+    free(all);
+    free(mine);
+    if (optim_init(&t->opt, &t->oc, t->otensors, n_mine, t->model.num_params, err, sizeof err))
         goto config_fail;
+    if (o->pp > 1) t->pipe = pp_create(t->grid.pp, &t->model, t->ranges, o->pp, t->micro, o->enc_len, o->dec_len);
     t5_batch_alloc(&t->local, t->local_rows, o->enc_len, o->dec_len);
 
     if (o->resume) {
@@ -987,7 +1137,7 @@ int trainer_open(Trainer **out, TrainOptions *opts, MPI_Comm world) {
                    t->step, o->steps);
     }
     t->step_flops = t5_model_flops_per_step(&t->cfg, o->batch, o->enc_len, o->dec_len);
-    t->estimate_bytes = (size_t)rank_memory_bytes_(t, t->micro);
+    t->estimate_bytes = (size_t)rank_memory_bytes_(t, t->micro, t->recompute);
 
     /* MFU against the peak of this machine now, measured by all ranks together. */
     MPI_CHECK(MPI_Barrier(world));
@@ -1058,7 +1208,7 @@ static void write_metrics_(Trainer *t, const StepResult *r, double val_loss, dou
     metrics_num(w, "z_loss", r->z_tok);
     metrics_num(w, "lr", r->lr);
     metrics_num(w, "grad_norm", r->grad_norm);
-    metrics_num(w, "param_rms", sqrt(sum_squares_(t->model.params, t->model.num_params) / (double)t->model.num_params));
+    metrics_num(w, "param_rms", r->param_rms);
     metrics_int(w, "tokens", t->tokens);
     metrics_num(w, "target_tokens", r->target_tokens);
     metrics_num(w, "tokens_per_s", (double)t->o.batch * t->o.enc_len / r->step_s);
@@ -1067,6 +1217,15 @@ static void write_metrics_(Trainer *t, const StepResult *r, double val_loss, dou
     metrics_num(w, "step_s", r->step_s);
     metrics_num(w, "data_wait_s", r->wait_s);
     metrics_num(w, "elapsed_s", t->elapsed_before + (now_seconds() - t->t_start));
+    if (t->grid.dp_size > 1) {
+        metrics_num(w, "dp_wait_s", r->dp_wait_s);
+        metrics_num(w, "dp_reduce_s", r->dp_reduce_s);
+    }
+    if (t->pipe) {
+        int m = t->local_rows / t->micro, P = t->grid.pp_size;
+        metrics_num(w, "pp_bubble", r->pp_wait_s / r->step_s);
+        metrics_num(w, "pp_bubble_ideal", (double)(P - 1) / (m + P - 1));
+    }
     if (!isnan(val_loss)) {
         metrics_num(w, "val_loss", val_loss);
         metrics_num(w, "val_neg_log_perplexity", -val_loss);
@@ -1088,20 +1247,38 @@ static void print_progress_(const Trainer *t, const StepResult *r, double val_lo
     fflush(stdout);
 }
 
-/* Save a checkpoint and HF weights at the end, or after a failure (best effort). */
+/* The final checkpoint and the Hugging Face folder final/. With pipeline stages no rank holds every
+ * tensor, so rank 0 assembles the model from the checkpoint just committed. */
 static int save_final_(Trainer *t) {
     if (t->last_saved_step != t->step && trainer_save(t, 0) != 0) return -1;
+    int rc = 0;
     if (t->grid.rank == 0) {
-        char dir[1200], err[1024];
+        char dir[1200], err[2048];
         snprintf(dir, sizeof dir, "%s/final", t->o.run_dir);
         HfSaveOpts ho = {1, t->o.spm[0] ? t->o.spm : NULL};
-        if (hf_save_folder(dir, &t->model, &ho, err, sizeof err) != 0) {
-            fprintf(stderr, "t5pretrain: error: cannot write %s: %s\n", dir, err);
-            return -1;
+        if (t->grid.pp_size == 1) {
+            rc = hf_save_folder(dir, &t->model, &ho, err, sizeof err);
+        } else {
+            char step_dir[1400];
+            Ckpt *ck = NULL;
+            T5Model whole;
+            t5_model_build(&whole, &t->cfg);
+            rc = ckpt_latest(t->o.run_dir, step_dir, sizeof step_dir, err, sizeof err);
+            if (rc == 0 && !(ck = ckpt_open(step_dir, err, sizeof err))) rc = -1;
+            for (int i = 0; rc == 0 && i < whole.num_tensors; i++) {
+                char name[200];
+                snprintf(name, sizeof name, "param/%s", whole.tensors[i].name);
+                rc = ckpt_read(ck, name, 0, whole.tensors[i].numel, whole.params + whole.tensors[i].offset, err, sizeof err);
+            }
+            if (rc == 0) rc = hf_save_folder(dir, &whole, &ho, err, sizeof err);
+            if (ck) ckpt_close(ck);
+            t5_model_free(&whole);
         }
-        printf("t5pretrain: wrote %s (Hugging Face config.json + model.safetensors) at step %ld\n", dir, t->step);
+        if (rc != 0) fprintf(stderr, "t5pretrain: error: cannot write %s: %s\n", dir, err);
+        else printf("t5pretrain: wrote %s (Hugging Face config.json + model.safetensors) at step %ld\n", dir, t->step);
     }
-    return 0;
+    MPI_CHECK(MPI_Bcast(&rc, 1, MPI_INT, 0, t->grid.world));
+    return rc;
 }
 
 int trainer_run(Trainer *t) {
@@ -1190,6 +1367,12 @@ void trainer_close(Trainer *t) {
     t5_batch_free(&t->local);
     optim_free(&t->opt);
     free(t->otensors);
+    free(t->opt_index);
+    free(t->owner);
+    pp_free(t->pipe);
+    dp_reducer_free(t->dp);
+    free(t->ranges);
+    free(t->stage_cost);
     if (t->model.params) t5_model_free(&t->model);
     if (t->loader) data_loader_close(t->loader);
     data_free_files(t->files, t->n_files);
@@ -1223,6 +1406,7 @@ int trainer_options_for_resume(TrainOptions *o, int argc, char **argv, int rank,
     if (!options_given("threads")) now.threads = dflt.threads;
     if (!options_given("micro_batch")) now.micro_batch = dflt.micro_batch;
     if (!options_given("end_time")) now.end_time = dflt.end_time;
+    if (!options_given("recompute")) snprintf(now.recompute, sizeof now.recompute, "%s", dflt.recompute);
     if (!options_given("init_from")) now.init_from[0] = 0;
     now.resume = 1;
     if (options_check_resume(&now, &saved, err, errlen)) return -1;
