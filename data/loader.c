@@ -146,6 +146,7 @@ struct DataLoader {
     Stream *streams;       /* touched streams, increasing k */
     Cursor *saved;         /* position after the last returned batch */
     DataLoaderStats saved_st;
+    DataLoaderStats end_st; /* when status != 0: everything read, the failed batch included */
     long returned;         /* batches returned */
     T5Batch discard;       /* one row for rows of other ranks */
     int status;            /* sticky: 1 exhausted, -1 error */
@@ -728,7 +729,11 @@ int data_loader_next(DataLoader *dl, T5Batch *out, double *wait_seconds) {
     if (dl->depth == 0) {
         int st = produce_batch_(dl, out);
         if (wait_seconds) *wait_seconds = now_seconds() - t0;
-        if (st != 0) { dl->status = st; return st; }
+        if (st != 0) {
+            collect_stats_(dl, &dl->end_st);
+            dl->status = st;
+            return st;
+        }
         snapshot_(dl, dl->saved);
         collect_stats_(dl, &dl->saved_st);
         dl->returned++;
@@ -754,6 +759,7 @@ int data_loader_next(DataLoader *dl, T5Batch *out, double *wait_seconds) {
         dl->saved_st = sl->st;
         dl->returned++;
     } else {
+        dl->end_st = sl->st;
         dl->status = st;
     }
     pthread_mutex_lock(&dl->mu);
@@ -988,10 +994,20 @@ done:
 
 /* ---------------------------------------------------------------------------------------- */
 
-void data_loader_get_stats(const DataLoader *dl, DataLoaderStats *st) { *st = dl->saved_st; }
+void data_loader_get_stats(const DataLoader *dl, DataLoaderStats *st) {
+    *st = dl->status != 0 ? dl->end_st : dl->saved_st;
+}
 
 void data_loader_print_stats(const DataLoader *dl, FILE *out) {
-    const DataLoaderStats *s = &dl->saved_st;
+    /* After an error or the end of the data, the counts include what was read for the batch
+     * that could not be completed, so they agree with the error message printed before. */
+    const DataLoaderStats *s = dl->status != 0 ? &dl->end_st : &dl->saved_st;
+    if (dl->status < 0)
+        fprintf(out, "(the loader stopped with an error after %ld batches: the counts below "
+                "include what was read for the batch it could not complete)\n", dl->returned);
+    else if (dl->status > 0)
+        fprintf(out, "(the data ended after %ld batches (max_epochs): a partial last batch, if "
+                "any, was dropped; the counts below include everything read)\n", dl->returned);
     fprintf(out, "documents=%ld used=%ld empty=%ld other_streams=%ld skipped_on_restore=%ld\n",
             s->docs_read, s->docs_used, s->docs_empty,
             s->docs_read - s->docs_used - s->docs_empty, s->docs_skipped);

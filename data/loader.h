@@ -134,7 +134,14 @@ char *data_cursor_merge(const char *const *bufs, const size_t *lens, int n, size
                         char *err, size_t errlen);
 
 /* Documents, tokens, pieces, examples, rows and bad records by reason, as of the last batch
- * returned. */
+ * returned; after data_loader_next returned -1 or 1, as of the failure (what was read for the
+ * batch that could not be completed included, so the counts agree with the error message), with
+ * a first line in parentheses saying so. Lines (data/README.md explains each field):
+ *   documents=N used=N empty=N other_streams=N skipped_on_restore=N
+ *   tokens=N tokens_before_chunking=N text_bytes=N input_bytes=N
+ *   pieces=N full=N short=N examples=N rows=N batches=N
+ *   bad records: json=N ... truncated=N corrupt=N total=N
+ *   damaged_files=N */
 void data_loader_print_stats(const DataLoader *dl, FILE *out);
 
 typedef struct {
@@ -150,6 +157,7 @@ typedef struct {
     long bad[C4_NUM_BAD_KINDS];
     long files_damaged;      /* file readers that hit C4_TRUNCATED / C4_CORRUPT */
 } DataLoaderStats;
+/* The numbers data_loader_print_stats prints (as of the last batch, or of the failure). */
 void data_loader_get_stats(const DataLoader *dl, DataLoaderStats *st);
 
 /* Stop the prefetch thread, close readers and the tokenizer, free everything. NULL is fine. */

@@ -220,6 +220,14 @@ static int cmd_stats_(const Args *a) {
     data_loader_print_stats(dl, stdout);
     DataLoaderStats st;
     data_loader_get_stats(dl, &st);
+    if (rc == 1) {      /* one stream, one epoch: its rows are the packed rows of one epoch */
+        long rows = st.rows;
+        printf("one epoch = %ld packed rows of %ld/%ld tokens", rows, a->enc_len, a->dec_len);
+        if (a->batch > 0) printf(" = about %ld steps at --batch %ld", (rows + a->batch - 1) / a->batch, a->batch);
+        else printf(" = about %ld steps at global batch 8, %ld at 128 (rows / batch)",
+                    (rows + 7) / 8, (rows + 127) / 128);
+        printf("\n");
+    }
     if (files_bad)
         printf("files_without_records=%d (named above; training refuses them)\n", files_bad);
     if (st.files_damaged)
