@@ -2,14 +2,16 @@
  * data/c4_reader.c: stream documents out of C4 files. See c4_reader.h.
  *
  * Layers, outermost first:
- *   file      opened by us (so a missing file gives the OS error), handed to libarchive as an fd
- *   outer     libarchive with every compression filter and the formats tar, raw and empty: a
- *             plain .json/.json.gz/.json.zst is one "raw" member, a (compressed) tar yields its
- *             members in order
- *   inner     for a tar member only: a second libarchive reader (filters + raw) whose input
- *             callback pulls the member's bytes from the outer reader, so .json.gz members of a
- *             tar are decompressed too (a plain .json member goes through the "none" filter)
- *   lines     split on '\n' straight out of libarchive's blocks; only a line that straddles two
+ *   file      opened by us (so a missing file gives the OS error), read in 64 KiB blocks
+ *   odec      the file's own compression, by its magic bytes: gzip (zlib) and zstd (libzstd)
+ *             decoded here, any other libarchive filter through libarchive, else plain (see
+ *             "Decoders": nothing decoded before a failure is lost, and checksums are checked)
+ *   outer     libarchive with the formats tar, raw and empty only (no filters) over odec's
+ *             output: a plain .json/.json.gz/.json.zst is one "raw" member, a (compressed) tar
+ *             yields its members in order
+ *   mdec      the member's bytes: for a tar member, its own compression by its magic bytes (so
+ *             .json.gz members of a tar are decompressed too); for a raw file, plain
+ *   lines     split on '\n' straight out of the decoded blocks; only a line that straddles two
  *             blocks is copied, into a buffer that never grows past max_line_bytes (a longer
  *             line is skipped up to its newline without being stored); line buffers that grew
  *             past C4_KEEP_BUFFER for one long line are freed once it is done
@@ -36,8 +38,11 @@
  *                                   C4_BAD_JSON
  *   "text" missing or not a string  C4_NO_TEXT
  *   "text" is ""                    C4_EMPTY_TEXT
- * A compressed stream or tar that ends early or is corrupt counts one C4_TRUNCATED; the good
- * lines before it are delivered, the partial line it cuts is not.
+ * A compressed stream or tar that ends early counts one C4_TRUNCATED, one whose data is corrupt
+ * or fails its check (gzip CRC32/ISIZE, zstd content checksum) one C4_CORRUPT; either way every
+ * line that ended before the failure is delivered, the partial line it cuts is not, and the
+ * file counts in stats.files_damaged. A tar member whose own compression fails is followed by
+ * the next member; a failure of the tar or of the file's compression ends the file.
  *
  * Line numbers are 1-based within a member and count every line, blank ones included, so they
  * match `zcat file | sed -n Np`.
@@ -57,6 +62,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>             /* inflate: gzip */
+#include <zstd.h>             /* ZSTD_decompressStream: zstd */
 
 #define C4_DEFAULT_MAX_LINE ((size_t)8 << 20)
 #define C4_DEFAULT_REPORT_FIRST 3
@@ -66,6 +73,438 @@
  * one reader open per stream, up to the global batch size per rank). */
 #define C4_KEEP_BUFFER ((size_t)1 << 18)
 
+
+/* ---------------------------------------------------------------------------------------------
+ * Decoders: compressed bytes in, decompressed bytes out, nothing lost before a failure.
+ *
+ * gzip and zstd are decoded here (zlib, libzstd) rather than by libarchive's filters, because
+ * libarchive fills a 64 KiB output block and drops it when the stream ends early or is corrupt,
+ * so up to 64 KiB of good lines before the damage were lost (a small damaged file gave nothing),
+ * and its gzip filter does not check the CRC32 and ISIZE trailers. Contract of dec_read_: every
+ * byte a streaming decompression of the input yields before the point of failure is returned
+ * before the failure is (kind, message and compressed byte offset in d->err_*).
+ *   gzip   zlib inflate (windowBits 15+16: gzip wrapper, header CRC, CRC32 and ISIZE checked);
+ *          members concatenated back to back are one stream (RFC 1952 2.2); zero bytes after the
+ *          last member are padding; any other trailing byte is C4_CORRUPT.
+ *   zstd   ZSTD_decompressStream fed one unit at a time (frame header, block header + block,
+ *          checksum, skippable frame; RFC 8878 3.1), so a call decodes at most one block and
+ *          starts it with a block's worth of free output: a call that fails (corrupt block, bad
+ *          content checksum) never takes output of earlier blocks with it.
+ *   other  any other compression libarchive knows (bzip2, xz, lz4, ...), through its raw format;
+ *          for these a failure may still drop the last block libarchive was filling.
+ *   plain  passed through.
+ * Input ends early: C4_TRUNCATED. Data that cannot be decoded, or fails a check: C4_CORRUPT. */
+
+#define DEC_OUT_BLOCK ((size_t)1 << 16)           /* gzip/plain output per call */
+#define DEC_ZSTD_OUT ((size_t)ZSTD_BLOCKSIZE_MAX)  /* room for one whole zstd block */
+
+typedef enum { DEC_PLAIN = 0, DEC_GZIP, DEC_ZSTD, DEC_OTHER } DecKind;
+
+/* Input of a decoder: 1 with a block in p[0..n) (valid until the next call), 0 at the end, -1
+ * on an error (the callback fills msg). */
+typedef int (*DecInput)(void *ud, const char **p, size_t *n, char *msg, size_t msglen);
+
+typedef enum { ZP_MAGIC, ZP_FHD, ZP_FRAME_HDR, ZP_BLOCK_HDR, ZP_BODY, ZP_SKIP_HDR } ZstdPhase;
+
+typedef struct {
+    DecInput in;
+    void *ud;
+    int detect;                 /* look at the magic bytes (else plain) */
+    int started;
+    DecKind kind;
+    /* input: the pending magic bytes first, then the rest of the block they came from */
+    unsigned char pend[8];
+    size_t pend_len, pend_pos;
+    const char *rest;
+    size_t rest_len;
+    const char *ip;             /* current input slice */
+    size_t in_len;
+    int in_end;                 /* input returned 0 */
+    long long in_off;           /* input bytes consumed before ip */
+    /* output */
+    char *out;
+    size_t out_cap;
+    /* gzip */
+    z_stream z;
+    int z_init, z_between;      /* z_between: a member ended, the next has not started */
+    /* zstd */
+    ZSTD_DStream *zs;
+    ZstdPhase zp;
+    unsigned char zh[18];       /* header bytes of the current unit */
+    size_t zh_len, zh_need;
+    size_t z_body;              /* bytes left in the current block / skippable frame / checksum */
+    int z_last, z_checksum;
+    long long z_unit_off;       /* compressed offset of the current unit */
+    /* other */
+    struct archive *ar;
+    /* failure: set once; returned after every byte produced before it */
+    int failed;                 /* 0, or 1 = the failure is ready to report */
+    int input_failed;           /* the failure came from the input callback */
+    C4BadKind err_kind;
+    long long err_off;
+    char err_msg[320];
+} Dec;
+
+static void dec_init_(Dec *d, DecInput in, void *ud, int detect) {
+    memset(d, 0, sizeof *d);
+    d->in = in;
+    d->ud = ud;
+    d->detect = detect;
+}
+
+static void dec_free_(Dec *d) {
+    if (d->z_init) inflateEnd(&d->z);
+    if (d->zs) ZSTD_freeDStream(d->zs);
+    if (d->ar) archive_read_free(d->ar);
+    free(d->out);
+    d->z_init = 0;
+    d->zs = NULL;
+    d->ar = NULL;
+    d->out = NULL;
+}
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 4, 5)))
+#endif
+static void dec_fail_(Dec *d, C4BadKind kind, long long off, const char *fmt, ...) {
+    if (d->failed) return;
+    d->failed = 1;
+    d->err_kind = kind;
+    d->err_off = off;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(d->err_msg, sizeof d->err_msg, fmt, ap);
+    va_end(ap);
+}
+
+/* Next input slice into d->ip/d->in_len (consumed bytes must have been counted into in_off by
+ * the caller). Returns 1, 0 at the end, -1 after recording an input failure. */
+static int dec_fill_(Dec *d) {
+    if (d->in_len > 0) return 1;
+    if (d->pend_pos < d->pend_len) {
+        d->ip = (const char *)d->pend + d->pend_pos;
+        d->in_len = d->pend_len - d->pend_pos;
+        d->pend_pos = d->pend_len;
+        return 1;
+    }
+    if (d->rest_len > 0) {
+        d->ip = d->rest;
+        d->in_len = d->rest_len;
+        d->rest_len = 0;
+        return 1;
+    }
+    if (d->in_end) return 0;
+    for (;;) {
+        char msg[256] = "";
+        const char *p;
+        size_t n = 0;
+        int rc = d->in(d->ud, &p, &n, msg, sizeof msg);
+        if (rc == 0) { d->in_end = 1; return 0; }
+        if (rc < 0) {
+            d->input_failed = 1;
+            dec_fail_(d, C4_TRUNCATED, d->in_off, "%s", msg);
+            return -1;
+        }
+        if (n == 0) continue;
+        d->ip = p;
+        d->in_len = n;
+        return 1;
+    }
+}
+
+static void dec_consume_(Dec *d, size_t n) {
+    d->ip += n;
+    d->in_len -= n;
+    d->in_off += (long long)n;
+}
+
+/* The other-compression path reads its input through libarchive. */
+static la_ssize_t dec_archive_in_(struct archive *a, void *ud, const void **buf) {
+    Dec *d = ud;
+    int rc = dec_fill_(d);
+    if (rc < 0) {
+        archive_set_error(a, EIO, "%s", d->err_msg);
+        return -1;
+    }
+    if (rc == 0) return 0;
+    *buf = d->ip;
+    size_t n = d->in_len;
+    dec_consume_(d, n);
+    return (la_ssize_t)n;
+}
+
+/* Look at the first bytes and set up the decoder. Returns 0, or -1 on failure (recorded). */
+static int dec_start_(Dec *d) {
+    d->started = 1;
+    if (d->detect) {
+        while (d->pend_len < 6) {
+            char msg[256] = "";
+            const char *p;
+            size_t n = 0;
+            int rc = d->in(d->ud, &p, &n, msg, sizeof msg);
+            if (rc == 0) { d->in_end = 1; break; }
+            if (rc < 0) {
+                d->input_failed = 1;
+                dec_fail_(d, C4_TRUNCATED, 0, "%s", msg);
+                break;
+            }
+            size_t take = n < 6 - d->pend_len ? n : 6 - d->pend_len;
+            memcpy(d->pend + d->pend_len, p, take);
+            d->pend_len += take;
+            if (take < n) { d->rest = p + take; d->rest_len = n - take; break; }
+        }
+        const unsigned char *m = d->pend;
+        size_t k = d->pend_len;
+        /* a stream cut inside its magic bytes is that compression (reported as cut short) */
+        if ((k >= 2 && m[0] == 0x1f && m[1] == 0x8b) || (k == 1 && m[0] == 0x1f && d->in_end))
+            d->kind = DEC_GZIP;
+        else if ((k >= 4 && ((m[0] == 0x28 && m[1] == 0xb5 && m[2] == 0x2f && m[3] == 0xfd) ||
+                             ((m[0] & 0xf0) == 0x50 && m[1] == 0x2a && m[2] == 0x4d &&
+                              m[3] == 0x18))) ||
+                 (k < 4 && k > 0 && d->in_end && !memcmp(m, "\x28\xb5\x2f", k)))
+            d->kind = DEC_ZSTD;
+        else if ((k >= 3 && m[0] == 'B' && m[1] == 'Z' && m[2] == 'h') ||
+                 (k >= 6 && !memcmp(m, "\xfd" "7zXZ\0", 6)) ||
+                 (k >= 4 && m[0] == 0x04 && m[1] == 0x22 && m[2] == 0x4d && m[3] == 0x18) ||
+                 (k >= 2 && m[0] == 0x1f && m[1] == 0x9d) || (k >= 3 && m[0] == 0x5d && !m[1] && !m[2]))
+            d->kind = DEC_OTHER;
+    }
+    if (d->failed) return -1;
+    switch (d->kind) {
+    case DEC_GZIP:
+        if (inflateInit2(&d->z, 15 + 16) != Z_OK) FATAL(NULL, "inflateInit2 failed (out of memory?)");
+        d->z_init = 1;
+        d->out_cap = DEC_OUT_BLOCK;
+        break;
+    case DEC_ZSTD:
+        d->zs = ZSTD_createDStream();
+        if (!d->zs) FATAL(NULL, "ZSTD_createDStream failed (out of memory?)");
+        ZSTD_initDStream(d->zs);
+        d->out_cap = DEC_ZSTD_OUT;
+        d->zp = ZP_MAGIC;
+        d->zh_need = 4;
+        break;
+    case DEC_OTHER: {
+        d->ar = archive_read_new();
+        if (!d->ar) FATAL(NULL, "archive_read_new failed (out of memory?)");
+        archive_read_support_filter_all(d->ar);
+        archive_read_support_format_raw(d->ar);
+        archive_read_support_format_empty(d->ar);
+        struct archive_entry *e;
+        if (archive_read_open(d->ar, d, NULL, dec_archive_in_, NULL) != ARCHIVE_OK ||
+            archive_read_next_header(d->ar, &e) < ARCHIVE_WARN) {
+            dec_fail_(d, C4_TRUNCATED, d->in_off, "%s", archive_error_string(d->ar) ?
+                      archive_error_string(d->ar) : "cannot decompress");
+            return -1;
+        }
+        break;
+    }
+    case DEC_PLAIN:
+        break;
+    }
+    if (d->out_cap) d->out = xmalloc(d->out_cap);
+    return 0;
+}
+
+static int dec_read_gzip_(Dec *d, const char **p, size_t *n) {
+    z_stream *z = &d->z;
+    size_t produced = 0;
+    while (produced < d->out_cap) {
+        int rc = dec_fill_(d);
+        if (rc < 0) break;
+        if (rc == 0) {
+            if (!d->z_between)
+                dec_fail_(d, C4_TRUNCATED, d->in_off, "gzip stream ends early (cut at compressed "
+                          "byte %lld)", d->in_off);
+            else if (produced == 0) return 0;
+            break;
+        }
+        if (d->z_between) {                 /* after a member: another member, or padding */
+            unsigned char c = (unsigned char)d->ip[0];
+            if (c == 0) { dec_consume_(d, 1); continue; }
+            if (c != 0x1f) {
+                dec_fail_(d, C4_CORRUPT, d->in_off, "byte 0x%02X after the end of a gzip member "
+                          "at compressed byte %lld (not another member)", c, d->in_off);
+                break;
+            }
+            inflateReset(z);
+            d->z_between = 0;
+        }
+        z->next_in = (Bytef *)(uintptr_t)d->ip;
+        z->avail_in = (uInt)(d->in_len > (1u << 30) ? (1u << 30) : d->in_len);
+        z->next_out = (Bytef *)d->out + produced;
+        z->avail_out = (uInt)(d->out_cap - produced);
+        size_t in0 = z->avail_in, out0 = z->avail_out;
+        int ret = inflate(z, Z_NO_FLUSH);
+        dec_consume_(d, in0 - z->avail_in);
+        produced += out0 - z->avail_out;
+        if (ret == Z_STREAM_END) { d->z_between = 1; continue; }
+        if (ret == Z_OK || ret == Z_BUF_ERROR) continue;
+        if (ret == Z_MEM_ERROR) FATAL(NULL, "inflate: out of memory");
+        dec_fail_(d, C4_CORRUPT, d->in_off, "gzip data corrupt at compressed byte %lld (%s)",
+                  d->in_off, z->msg ? z->msg : "inflate error");
+        break;
+    }
+    *p = d->out;
+    *n = produced;
+    if (produced > 0) return 1;
+    return d->failed ? -1 : 0;
+}
+
+static uint32_t le_(const unsigned char *b, int n) {
+    uint32_t v = 0;
+    for (int i = n - 1; i >= 0; i--) v = (v << 8) | b[i];
+    return v;
+}
+
+/* The zstd unit parser saw the header bytes zh[0..zh_len) complete: decide what comes next. */
+static void zstd_header_done_(Dec *d) {
+    const unsigned char *h = d->zh;
+    switch (d->zp) {
+    case ZP_MAGIC: {
+        uint32_t magic = le_(h, 4);
+        if ((magic & 0xFFFFFFF0u) == 0x184D2A50u) { d->zp = ZP_SKIP_HDR; d->zh_need = 8; }
+        else { d->zp = ZP_FHD; d->zh_need = 5; }   /* not a frame: zstd itself says so */
+        return;
+    }
+    case ZP_FHD: {
+        unsigned fhd = h[4], fcs = fhd >> 6, single = (fhd >> 5) & 1, did = fhd & 3;
+        static const size_t did_len[4] = { 0, 1, 2, 4 }, fcs_len[4] = { 0, 2, 4, 8 };
+        d->z_checksum = (fhd >> 2) & 1;
+        d->zh_need = 5 + (single ? 0 : 1) + did_len[did] + (fcs == 0 ? single : fcs_len[fcs]);
+        d->zp = ZP_FRAME_HDR;
+        if (d->zh_need > 5) return;
+        d->z_last = 0;                          /* a 5-byte header is complete */
+        d->zp = ZP_BLOCK_HDR;
+        d->zh_len = 0;
+        d->zh_need = 3;
+        return;
+    }
+    case ZP_FRAME_HDR:
+        d->z_last = 0;
+        d->zp = ZP_BLOCK_HDR;
+        d->zh_len = 0;
+        d->zh_need = 3;
+        return;
+    case ZP_BLOCK_HDR: {
+        uint32_t bh = le_(h, 3);
+        unsigned type = (bh >> 1) & 3;
+        d->z_last = bh & 1;
+        d->z_body = type == 1 ? 1 : bh >> 3;      /* RLE: one byte; raw/compressed: the size */
+        d->zp = ZP_BODY;
+        return;
+    }
+    case ZP_SKIP_HDR:
+        d->z_body = le_(h + 4, 4);
+        d->z_last = 1;
+        d->z_checksum = 0;
+        d->zp = ZP_BODY;
+        return;
+    case ZP_BODY:
+        return;
+    }
+}
+
+/* After a unit's body: the next block header, the checksum (as a body of 4), or a new frame. */
+static void zstd_body_done_(Dec *d) {
+    d->zh_len = 0;
+    if (!d->z_last) { d->zp = ZP_BLOCK_HDR; d->zh_need = 3; return; }
+    if (d->z_checksum) { d->z_checksum = 0; d->z_body = 4; d->zp = ZP_BODY; return; }
+    d->zp = ZP_MAGIC;
+    d->zh_need = 4;
+}
+
+static int dec_read_zstd_(Dec *d, const char **p, size_t *n) {
+    ZSTD_outBuffer out = { d->out, d->out_cap, 0 };
+    for (;;) {
+        if (d->zp != ZP_BODY && d->zh_len == d->zh_need) { zstd_header_done_(d); continue; }
+        if (d->zp == ZP_BODY && d->z_body == 0) { zstd_body_done_(d); continue; }
+        int rc = dec_fill_(d);
+        if (rc < 0) break;
+        if (rc == 0) {
+            if (d->zp == ZP_MAGIC && d->zh_len == 0) {
+                if (out.pos == 0) return 0;
+            } else {
+                dec_fail_(d, C4_TRUNCATED, d->in_off, "zstd stream ends early (cut at compressed "
+                          "byte %lld)", d->in_off);
+            }
+            break;
+        }
+        size_t lim = d->zp == ZP_BODY ? d->z_body : d->zh_need - d->zh_len;
+        size_t take = d->in_len < lim ? d->in_len : lim;
+        int completes = d->zp == ZP_BODY && take == lim;
+        /* A call that may produce output starts with room for all of it (a whole block when it
+         * completes one, the raw bytes otherwise), so zstd never holds output back to a later
+         * call that could fail. */
+        if (out.pos > 0 && (completes || (d->zp == ZP_BODY && take > d->out_cap - out.pos)))
+            break;
+        if ((d->zp == ZP_MAGIC || d->zp == ZP_BLOCK_HDR) && d->zh_len == 0)
+            d->z_unit_off = d->in_off;
+        if (d->zp != ZP_BODY) memcpy(d->zh + d->zh_len, d->ip, take);
+        ZSTD_inBuffer in = { d->ip, take, 0 };
+        size_t ret = ZSTD_decompressStream(d->zs, &out, &in);
+        if (ZSTD_isError(ret)) {
+            dec_fail_(d, C4_CORRUPT, d->z_unit_off, "zstd data corrupt in the part starting at "
+                      "compressed byte %lld (%s)", d->z_unit_off, ZSTD_getErrorName(ret));
+            break;
+        }
+        if (in.pos != take) {       /* only when out of output room: cannot happen per unit */
+            dec_consume_(d, in.pos);
+            if (d->zp != ZP_BODY) d->zh_len += in.pos;
+            else d->z_body -= in.pos;
+            if (out.pos > 0) break;
+            continue;
+        }
+        dec_consume_(d, take);
+        if (d->zp != ZP_BODY) d->zh_len += take;
+        else d->z_body -= take;
+        if (completes && out.pos > 0) break;
+    }
+    *p = d->out;
+    *n = out.pos;
+    if (out.pos > 0) return 1;
+    return d->failed ? -1 : 0;
+}
+
+/* Next decompressed block into p[0..n) (valid until the next call). Returns 1, 0 at a clean end,
+ * -1 on failure (d->err_*; returned only once every byte decoded before it was handed out). */
+static int dec_read_(Dec *d, const char **p, size_t *n) {
+    if (!d->started && dec_start_(d) != 0) return -1;
+    if (d->failed) return -1;
+    switch (d->kind) {
+    case DEC_GZIP: return dec_read_gzip_(d, p, n);
+    case DEC_ZSTD: return dec_read_zstd_(d, p, n);
+    case DEC_OTHER: {
+        la_int64_t off;
+        const void *b;
+        for (;;) {
+            int ret = archive_read_data_block(d->ar, &b, n, &off);
+            if (ret == ARCHIVE_EOF) return 0;
+            if (ret != ARCHIVE_OK) {
+                const char *e = archive_error_string(d->ar);
+                dec_fail_(d, C4_TRUNCATED, d->in_off, "%s stream ends early or is corrupt "
+                          "(near compressed byte %lld): %s", archive_filter_name(d->ar, 0),
+                          d->in_off, e ? e : "decompression failed");
+                return -1;
+            }
+            if (*n == 0) continue;
+            *p = b;
+            return 1;
+        }
+    }
+    case DEC_PLAIN: {
+        int rc = dec_fill_(d);
+        if (rc <= 0) return rc;
+        *p = d->ip;
+        *n = d->in_len;
+        dec_consume_(d, d->in_len);
+        return 1;
+    }
+    }
+    return -1;
+}
+
+
 struct C4Reader {
     char *path;
     size_t max_line;
@@ -73,13 +512,14 @@ struct C4Reader {
     FILE *report;
 
     int fd;
-    struct archive *outer;
-    struct archive *inner;      /* tar member reader, NULL for a raw file */
-    struct archive *cur;        /* where the current member's bytes come from */
+    char *rbuf;                 /* C4_READ_BLOCK bytes read from the file */
+    Dec odec;                   /* the file's own compression (or plain) */
+    struct archive *outer;      /* libarchive tar/raw/empty over odec's output */
+    Dec mdec;                   /* the current member: its compression if in a tar, else plain */
     int is_tar;
     int in_member;              /* a member is open and has data left */
     int done;                   /* no more members (end of file, or the container failed) */
-    int outer_failed;           /* the outer reader returned an error inside the inner callback */
+    int odec_reported;          /* odec's failure has been counted */
     char *member;               /* current member name (the path for a raw file) */
     long line_no;               /* lines seen in the current member */
 
@@ -99,7 +539,7 @@ struct C4Reader {
 
 const char *c4_bad_kind_name(C4BadKind k) {
     static const char *names[C4_NUM_BAD_KINDS] = {
-        "json", "utf8", "no_text", "empty_text", "too_long", "escape", "truncated"
+        "json", "utf8", "no_text", "empty_text", "too_long", "escape", "truncated", "corrupt"
     };
     return (unsigned)k < C4_NUM_BAD_KINDS ? names[k] : "?";
 }
@@ -450,20 +890,51 @@ static int process_line_(C4Reader *r, const char *s, size_t len, C4Document *doc
 /* ---------------------------------------------------------------------------------------------
  * Members. */
 
-/* Input callback of the inner (tar member) reader: the member's bytes from the outer reader. */
-static la_ssize_t inner_read_(struct archive *a, void *ud, const void **buf) {
+/* Input of the outer decoder: the file. */
+static int file_in_(void *ud, const char **p, size_t *n, char *msg, size_t msglen) {
     C4Reader *r = ud;
+    for (;;) {
+        ssize_t got = read(r->fd, r->rbuf, C4_READ_BLOCK);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) {
+            snprintf(msg, msglen, "read error: %s", strerror(errno));
+            return -1;
+        }
+        *p = r->rbuf;
+        *n = (size_t)got;
+        return got > 0;
+    }
+}
+
+/* Input callback of libarchive's tar/raw reader: the outer decoder's output. A failure of the
+ * decoder ends the stream here (libarchive then sees an early end); it is reported from
+ * r->odec, after every byte decoded before it has been read. */
+static la_ssize_t outer_read_(struct archive *a, void *ud, const void **buf) {
+    (void)a;
+    C4Reader *r = ud;
+    const char *p;
+    size_t n;
+    if (dec_read_(&r->odec, &p, &n) != 1) return 0;
+    *buf = p;
+    return (la_ssize_t)n;
+}
+
+/* Input of the member decoder: the member's bytes from libarchive. */
+static int member_in_(void *ud, const char **p, size_t *n, char *msg, size_t msglen) {
+    C4Reader *r = ud;
+    const void *b;
     size_t size = 0;
     la_int64_t off;
-    int ret = archive_read_data_block(r->outer, buf, &size, &off);
+    int ret = archive_read_data_block(r->outer, &b, &size, &off);
     if (ret == ARCHIVE_EOF) return 0;
     if (ret != ARCHIVE_OK) {
-        r->outer_failed = 1;
         const char *e = archive_error_string(r->outer);
-        archive_set_error(a, EIO, "%s", e ? e : "tar read error");
+        snprintf(msg, msglen, "%s", e ? e : "tar read error");
         return -1;
     }
-    return (la_ssize_t)size;
+    *p = b;
+    *n = size;
+    return 1;
 }
 
 static const char *archive_err_(struct archive *a) {
@@ -471,23 +942,25 @@ static const char *archive_err_(struct archive *a) {
     return e ? e : "unknown archive error";
 }
 
-/* The current member failed (its stream or the container ended early or is corrupt): count one
- * C4_TRUNCATED, drop the partial line, and stop the file unless only a tar member's own
- * compressed stream failed. */
-static void member_failed_(C4Reader *r, struct archive *from) {
-    long kept = r->line_no;
-    bad_record_(r, C4_TRUNCATED, r->line_no + 1,
-                "stream ends early or is corrupt after %ld complete lines: %s", kept,
-                archive_err_(r->outer_failed ? r->outer : from));
+/* The current member failed. The cause is the outer decoder if it failed (the file's own
+ * compression: the file ends there), else the member decoder: its own stream (the tar goes on
+ * with the next member) or its input (the tar itself ends early: the file ends). Counts one
+ * C4_TRUNCATED or C4_CORRUPT with the compressed byte offset, drops the partial line. */
+static void member_failed_(C4Reader *r) {
+    const Dec *d = r->odec.failed ? &r->odec : &r->mdec;
+    int file_ends = r->odec.failed || r->mdec.input_failed || !r->is_tar;
+    char where[64] = "";
+    if (r->is_tar && d == &r->odec) snprintf(where, sizeof where, " (of the whole file)");
+    if (d->err_kind == C4_CORRUPT)
+        bad_record_(r, C4_CORRUPT, r->line_no + 1, "damaged%s after %ld complete lines: %s; "
+                    "the records before it are kept", where, r->line_no, d->err_msg);
+    else
+        bad_record_(r, C4_TRUNCATED, r->line_no + 1, "ends early%s after %ld complete lines: %s",
+                    where, r->line_no, d->err_msg);
+    r->stats.files_damaged = 1;
+    if (d == &r->odec) r->odec_reported = 1;
     r->in_member = 0;
-    if (!r->is_tar || r->outer_failed) r->done = 1;
-}
-
-static void close_inner_(C4Reader *r) {
-    if (r->inner) {
-        archive_read_free(r->inner);
-        r->inner = NULL;
-    }
+    if (file_ends) r->done = 1;
 }
 
 /* Move to the next member with data. Sets r->done when there is none. Returns 0, or -1 if the
@@ -499,7 +972,7 @@ static int next_member_(C4Reader *r, const char **errstr) {
     r->buf_len = 0;
     r->skipping = 0;
     r->line_no = 0;
-    close_inner_(r);
+    dec_free_(&r->mdec);
     while (!r->done) {
         struct archive_entry *e;
         int ret = archive_read_next_header(r->outer, &e);
@@ -514,7 +987,7 @@ static int next_member_(C4Reader *r, const char **errstr) {
         if (fmt == ARCHIVE_FORMAT_RAW || fmt == ARCHIVE_FORMAT_EMPTY) {
             r->is_tar = 0;
             r->member = xstrdup(r->path);
-            r->cur = r->outer;
+            dec_init_(&r->mdec, member_in_, r, 0);    /* already decompressed by odec */
             r->in_member = 1;
             return 0;
         }
@@ -522,21 +995,7 @@ static int next_member_(C4Reader *r, const char **errstr) {
         const char *name = archive_entry_pathname(e);
         r->member = xstrdup(name ? name : "?");
         if (archive_entry_filetype(e) != AE_IFREG) continue;   /* directories, links */
-        r->inner = archive_read_new();
-        if (!r->inner) FATAL(NULL, "archive_read_new failed (out of memory?)");
-        archive_read_support_filter_all(r->inner);
-        archive_read_support_format_raw(r->inner);
-        archive_read_support_format_empty(r->inner);
-        r->outer_failed = 0;
-        struct archive_entry *ie;
-        if (archive_read_open(r->inner, r, NULL, inner_read_, NULL) != ARCHIVE_OK ||
-            (ret = archive_read_next_header(r->inner, &ie)) < ARCHIVE_WARN) {
-            member_failed_(r, r->inner);
-            close_inner_(r);
-            continue;
-        }
-        if (ret == ARCHIVE_EOF) { close_inner_(r); continue; }   /* empty member */
-        r->cur = r->inner;
+        dec_init_(&r->mdec, member_in_, r, 1);
         r->in_member = 1;
         return 0;
     }
@@ -546,13 +1005,13 @@ static int next_member_(C4Reader *r, const char **errstr) {
 /* ---------------------------------------------------------------------------------------------
  * Public API. */
 
-/* Open a C4 file: .json, .json.gz, .json.zst (any compression libarchive knows), or a tar of
- * those, itself optionally compressed. opts may be NULL; in opts, max_line_bytes 0 means 8 MiB
- * and report_first 0 means 3 (a negative report_first reports nothing).
+/* Open a C4 file: .json, .json.gz, .json.zst (or another compression libarchive knows), or a
+ * tar of those, itself optionally compressed. opts may be NULL; in opts, max_line_bytes 0 means
+ * 8 MiB and report_first 0 means 3 (a negative report_first reports nothing).
  * Returns NULL if the OS cannot open the file (or it is a directory), with a message naming the
  * file and the OS error in err (if err is not NULL). Any byte stream is a recognised format
- * (libarchive "raw"), so a file whose compressed stream is corrupt or cut right at its start
- * still opens: it reports and counts one C4_TRUNCATED and delivers no documents. */
+ * (plain JSON Lines at worst), so a file whose compressed stream is corrupt or cut right at its
+ * start still opens: it reports one C4_TRUNCATED or C4_CORRUPT and delivers no documents. */
 C4Reader *c4_reader_open(const char *path, const C4ReaderOptions *opts, char *err, size_t errlen) {
     char dummy[8];
     if (!err) { err = dummy; errlen = sizeof dummy; }
@@ -574,25 +1033,30 @@ C4Reader *c4_reader_open(const char *path, const C4ReaderOptions *opts, char *er
     C4Reader *r = xcalloc(1, sizeof *r);
     r->path = xstrdup(path);
     r->fd = fd;
+    r->rbuf = xmalloc(C4_READ_BLOCK);
     r->max_line = opts && opts->max_line_bytes ? opts->max_line_bytes : C4_DEFAULT_MAX_LINE;
     r->report_first = opts && opts->report_first ? opts->report_first : C4_DEFAULT_REPORT_FIRST;
     if (r->report_first < 0) r->report_first = 0;
     r->report = opts ? opts->report : NULL;
+    dec_init_(&r->odec, file_in_, r, 1);
     r->outer = archive_read_new();
     if (!r->outer) FATAL(NULL, "archive_read_new failed (out of memory?)");
-    archive_read_support_filter_all(r->outer);
     archive_read_support_format_tar(r->outer);
     archive_read_support_format_raw(r->outer);
     archive_read_support_format_empty(r->outer);
     const char *why = NULL;
-    if (archive_read_open_fd(r->outer, fd, C4_READ_BLOCK) != ARCHIVE_OK) {
+    if (archive_read_open(r->outer, r, NULL, outer_read_, NULL) != ARCHIVE_OK) {
         why = archive_err_(r->outer);
         r->done = 1;
     } else {
         next_member_(r, &why);
     }
-    if (why)
+    if (r->odec.failed && (why || r->done)) {
+        member_failed_(r);
+    } else if (why) {
         bad_record_(r, C4_TRUNCATED, 0, "corrupt or truncated from the start: %s", why);
+        r->stats.files_damaged = 1;
+    }
     return r;
 }
 
@@ -653,12 +1117,29 @@ int c4_reader_next(C4Reader *r, C4Document *doc) {
     }
     for (;;) {
         if (!r->in_member) {
-            if (r->done) return 0;
+            if (r->done) {
+                if (r->odec.failed && !r->odec_reported) {   /* failed between members */
+                    const char *prev = r->member ? r->member : "";
+                    bad_record_(r, r->odec.err_kind, 0, "%s after member '%s': %s",
+                                r->odec.err_kind == C4_CORRUPT ? "damaged" : "ends early", prev,
+                                r->odec.err_msg);
+                    r->odec_reported = 1;
+                    r->stats.files_damaged = 1;
+                }
+                return 0;
+            }
             const char *why = NULL;
             char *prev = r->member ? xstrdup(r->member) : NULL;
-            if (next_member_(r, &why) != 0)
+            if (next_member_(r, &why) != 0 && !r->odec.failed) {
                 bad_record_(r, C4_TRUNCATED, 0, "archive is corrupt or ends early after member "
                             "'%s': %s", prev ? prev : "", why);
+                r->stats.files_damaged = 1;
+            }
+            if (r->done && r->odec.failed && !r->odec_reported) {
+                free(r->member);
+                r->member = prev;
+                prev = NULL;
+            }
             free(prev);
             continue;
         }
@@ -676,25 +1157,24 @@ int c4_reader_next(C4Reader *r, C4Document *doc) {
             if (line_end_(r, start, n, doc)) return 1;
             continue;
         }
-        const void *b;
+        const char *b;
         size_t size = 0;
-        la_int64_t off;
-        int ret = archive_read_data_block(r->cur, &b, &size, &off);
-        if (ret == ARCHIVE_OK) {
+        int ret = dec_read_(&r->mdec, &b, &size);
+        if (ret == 1) {
             r->blk = b;
             r->blk_len = size;
             r->blk_pos = 0;
             r->stats.input_bytes += (long long)size;
             continue;
         }
-        if (ret == ARCHIVE_EOF) {
+        if (ret == 0 && !(r->odec.failed && !r->is_tar)) {
             r->in_member = 0;
             if (r->buf_len > 0 || r->skipping) {   /* a last line without '\n' */
                 if (line_end_(r, "", 0, doc)) return 1;
             }
             continue;
         }
-        member_failed_(r, r->cur);
+        member_failed_(r);
     }
 }
 
@@ -709,6 +1189,7 @@ void c4_stats_add(C4Stats *into, const C4Stats *from) {
     into->text_bytes += from->text_bytes;
     into->input_bytes += from->input_bytes;
     for (int k = 0; k < C4_NUM_BAD_KINDS; k++) into->bad[k] += from->bad[k];
+    into->files_damaged += from->files_damaged;
 }
 
 /* One line: "documents=N lines=N text_bytes=N input_bytes=N bad: json=N utf8=N ...". */
@@ -724,8 +1205,10 @@ void c4_stats_print(const C4Stats *s, FILE *out) {
 void c4_reader_close(C4Reader *r) {
     if (!r) return;
     if (r->doc) json_decref(r->doc);
-    close_inner_(r);
+    dec_free_(&r->mdec);
     if (r->outer) archive_read_free(r->outer);
+    dec_free_(&r->odec);
+    free(r->rbuf);
     if (r->fd >= 0) close(r->fd);
     free(r->buf);
     free(r->dec);

@@ -9,6 +9,13 @@
  * are kept for reports). Bad records are skipped deterministically and counted by reason; the
  * first few of each reason are reported with file and line. Good documents before and after a bad
  * one are always delivered.
+ *
+ * Damaged files. A compressed stream that ends early (C4_TRUNCATED) or whose data is corrupt or
+ * fails its check (C4_CORRUPT: gzip CRC32 or ISIZE trailer, deflate data, zstd block or content
+ * checksum) is reported once with the file, the member and the compressed byte offset. Every
+ * record whose line ended before that point is delivered (for gzip and zstd exactly the complete
+ * lines a streaming decompression of the good part yields; other libarchive compressions may lose
+ * their last block); the cut line is not. Concatenated gzip members are one valid stream.
  */
 #ifndef C4_READER_H
 #define C4_READER_H
@@ -23,7 +30,9 @@ typedef enum {
     C4_EMPTY_TEXT,         /* "text" is empty */
     C4_TOO_LONG,           /* line longer than max_line_bytes */
     C4_BAD_ESCAPE,         /* \u0000 or an unpaired surrogate escape in "text" */
-    C4_TRUNCATED,          /* compressed stream or archive ends early / is corrupt */
+    C4_TRUNCATED,          /* compressed stream or archive ends early */
+    C4_CORRUPT,            /* compressed data corrupt or failing its check (gzip CRC32/ISIZE,
+                              zstd content checksum), or bytes after the end of a gzip stream */
     C4_NUM_BAD_KINDS
 } C4BadKind;
 
@@ -35,6 +44,7 @@ typedef struct {
     long long text_bytes;       /* bytes of delivered text */
     long long input_bytes;      /* decompressed bytes read */
     long bad[C4_NUM_BAD_KINDS];
+    long files_damaged;         /* files with a C4_TRUNCATED or C4_CORRUPT (0 or 1 per reader) */
 } C4Stats;
 
 typedef struct {
@@ -55,21 +65,24 @@ typedef struct {
 
 typedef struct C4Reader C4Reader;
 
-/* Open path (opts may be NULL for defaults). Returns NULL if the file cannot be opened or is not
- * a recognised format, with a message naming the file in err. (Any byte stream is recognised as
- * libarchive "raw", so a file corrupt from its very start opens and counts one C4_TRUNCATED.) */
+/* Open path (opts may be NULL for defaults). Returns NULL if the file cannot be opened or is a
+ * directory, with a message naming the file in err. (Any byte stream is recognised, plain JSON
+ * Lines at worst, so a file damaged from its very start opens, counts one C4_TRUNCATED or
+ * C4_CORRUPT and delivers nothing.) */
 C4Reader *c4_reader_open(const char *path, const C4ReaderOptions *opts, char *err, size_t errlen);
 
 /* Deliver the next good document into *doc. Returns 1 if one was delivered, 0 at the end of the
  * file (including an early end of a truncated stream, which is counted as C4_TRUNCATED).
- * Never fails otherwise: bad records are counted and skipped. */
+ * Never fails otherwise: bad records (and damage, C4_TRUNCATED / C4_CORRUPT) are counted and
+ * skipped. */
 int c4_reader_next(C4Reader *r, C4Document *doc);
 
 /* Statistics so far. */
 const C4Stats *c4_reader_stats(const C4Reader *r);
 /* Bytes the reader's own line buffers hold between calls: at most 512 KiB plus the current
- * document, however long earlier lines were (libarchive's buffers, ~100 KiB for gzip and the
- * stream's window for zstd, come on top). */
+ * document, however long earlier lines were (the decoders' fixed buffers, 64 KiB read + 64 KiB
+ * output + zlib's ~45 KiB for gzip, 128 KiB output + the stream's window for zstd, and
+ * libarchive's tar/raw buffers come on top). */
 size_t c4_reader_buffered_bytes(const C4Reader *r);
 void c4_stats_add(C4Stats *into, const C4Stats *from);
 /* One-line summary "documents=... bad: json=... utf8=..." to out. */

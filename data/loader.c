@@ -146,6 +146,7 @@ struct DataLoader {
     Stream *streams;       /* touched streams, increasing k */
     Cursor *saved;         /* position after the last returned batch */
     DataLoaderStats saved_st;
+    DataLoaderStats end_st; /* when status != 0: everything read, the failed batch included */
     long returned;         /* batches returned */
     T5Batch discard;       /* one row for rows of other ranks */
     int status;            /* sticky: 1 exhausted, -1 error */
@@ -381,6 +382,7 @@ static void collect_stats_(const DataLoader *dl, DataLoaderStats *st) {
         st->examples += s->st.examples;
         st->rows += s->st.rows;
         for (int k = 0; k < C4_NUM_BAD_KINDS; k++) st->bad[k] += cs.bad[k];
+        st->files_damaged += cs.files_damaged;
     }
 }
 
@@ -499,6 +501,76 @@ static uint64_t files_hash_(char **files, int n) {
         h ^= '\n'; h *= 1099511628211ULL;
     }
     return h;
+}
+
+/* See loader.h. Each file is read until its first good document (at most DATA_CHECK_MAX_LINES
+ * records or DATA_CHECK_MAX_BYTES decompressed bytes without one), with the reader's reports
+ * captured so the reason can be quoted. */
+#define DATA_CHECK_MAX_LINES 100000L
+#define DATA_CHECK_MAX_BYTES ((long long)256 << 20)
+
+int data_files_check(const char *const *files, int n, size_t max_line_bytes, char *err,
+                     size_t errlen) {
+    char dummy[8];
+    if (!err || errlen == 0) { err = dummy; errlen = sizeof dummy; }
+    err[0] = '\0';
+    size_t used = 0;
+    int bad = 0;
+#define DF_ADD_(...) do { if (used < errlen) { int w_ = snprintf(err + used, errlen - used, \
+        __VA_ARGS__); if (w_ > 0) used += (size_t)w_; if (used >= errlen) used = errlen; } } while (0)
+    for (int i = 0; i < n; i++) {
+        char why[700] = "";
+        char *rep = NULL;
+        size_t rep_len = 0;
+        FILE *rf = open_memstream(&rep, &rep_len);
+        C4ReaderOptions o = { max_line_bytes, 1, rf };
+        char oerr[512];
+        C4Reader *r = c4_reader_open(files[i], &o, oerr, sizeof oerr);
+        if (!r) {
+            snprintf(why, sizeof why, "%s", oerr);
+        } else {
+            C4Document d;
+            int got = 0;
+            const C4Stats *st = c4_reader_stats(r);
+            while (!got && st->lines < DATA_CHECK_MAX_LINES && st->input_bytes < DATA_CHECK_MAX_BYTES &&
+                   c4_reader_next(r, &d) == 1)
+                got = 1;
+            if (!got) {
+                long nbad = 0;
+                for (int k = 0; k < C4_NUM_BAD_KINDS; k++) nbad += st->bad[k];
+                if (rf) fflush(rf);
+                const char *first = rep && rep_len ? rep : "";
+                size_t fl = strcspn(first, "\n");
+                if (st->files_damaged && st->lines == 0)
+                    snprintf(why, sizeof why, "damaged before its first record: %.*s", (int)fl,
+                             first);
+                else if (st->lines == 0)
+                    snprintf(why, sizeof why, "empty (no lines after decompression)");
+                else
+                    snprintf(why, sizeof why, "not C4 JSON Lines: %s%ld lines, %ld bad records, "
+                             "none a JSON object with a non-empty \"text\" (first: %.*s)",
+                             st->lines >= DATA_CHECK_MAX_LINES ||
+                             st->input_bytes >= DATA_CHECK_MAX_BYTES ? "the first " : "",
+                             st->lines, nbad, (int)fl, first);
+            }
+            c4_reader_close(r);
+        }
+        if (rf) fclose(rf);
+        free(rep);
+        if (why[0]) {
+            if (bad == 0) DF_ADD_("these data files hold no valid C4 record:");
+            DF_ADD_("\n  %s: %s", files[i], why);
+            bad++;
+        }
+    }
+    if (bad)
+        DF_ADD_("\n(%d of %d files) HINT: --data must name only C4 shards (JSON Lines with a "
+                "\"text\" field, .json/.json.gz/.json.zst or tars of them): narrow the glob, "
+                "e.g. 'DIR/c4-train.*.json.gz' rather than 'DIR/*'; re-download or remove a "
+                "damaged or empty shard ('t5data stats --data FILE' shows what a file holds)",
+                bad, n);
+#undef DF_ADD_
+    return bad;
 }
 
 DataLoader *data_loader_open(const DataLoaderConfig *cfg, char *err, size_t errlen) {
@@ -657,7 +729,11 @@ int data_loader_next(DataLoader *dl, T5Batch *out, double *wait_seconds) {
     if (dl->depth == 0) {
         int st = produce_batch_(dl, out);
         if (wait_seconds) *wait_seconds = now_seconds() - t0;
-        if (st != 0) { dl->status = st; return st; }
+        if (st != 0) {
+            collect_stats_(dl, &dl->end_st);
+            dl->status = st;
+            return st;
+        }
         snapshot_(dl, dl->saved);
         collect_stats_(dl, &dl->saved_st);
         dl->returned++;
@@ -683,6 +759,7 @@ int data_loader_next(DataLoader *dl, T5Batch *out, double *wait_seconds) {
         dl->saved_st = sl->st;
         dl->returned++;
     } else {
+        dl->end_st = sl->st;
         dl->status = st;
     }
     pthread_mutex_lock(&dl->mu);
@@ -917,10 +994,20 @@ done:
 
 /* ---------------------------------------------------------------------------------------- */
 
-void data_loader_get_stats(const DataLoader *dl, DataLoaderStats *st) { *st = dl->saved_st; }
+void data_loader_get_stats(const DataLoader *dl, DataLoaderStats *st) {
+    *st = dl->status != 0 ? dl->end_st : dl->saved_st;
+}
 
 void data_loader_print_stats(const DataLoader *dl, FILE *out) {
-    const DataLoaderStats *s = &dl->saved_st;
+    /* After an error or the end of the data, the counts include what was read for the batch
+     * that could not be completed, so they agree with the error message printed before. */
+    const DataLoaderStats *s = dl->status != 0 ? &dl->end_st : &dl->saved_st;
+    if (dl->status < 0)
+        fprintf(out, "(the loader stopped with an error after %ld batches: the counts below "
+                "include what was read for the batch it could not complete)\n", dl->returned);
+    else if (dl->status > 0)
+        fprintf(out, "(the data ended after %ld batches (max_epochs): a partial last batch, if "
+                "any, was dropped; the counts below include everything read)\n", dl->returned);
     fprintf(out, "documents=%ld used=%ld empty=%ld other_streams=%ld skipped_on_restore=%ld\n",
             s->docs_read, s->docs_used, s->docs_empty,
             s->docs_read - s->docs_used - s->docs_empty, s->docs_skipped);
@@ -935,6 +1022,7 @@ void data_loader_print_stats(const DataLoader *dl, FILE *out) {
         total += s->bad[k];
     }
     fprintf(out, " total=%ld\n", total);
+    fprintf(out, "damaged_files=%ld\n", s->files_damaged);
 }
 
 void data_loader_close(DataLoader *dl) {

@@ -79,6 +79,21 @@ void data_loader_config_default(DataLoaderConfig *cfg);
 int data_expand_globs(const char *globs, char ***files, int *n_files, char *err, size_t errlen);
 void data_free_files(char **files, int n_files);
 
+/* Check, before any work, that each of the n files holds at least one valid record (a good C4
+ * document, as c4_reader delivers it; max_line_bytes as in DataLoaderConfig, 0 = default). Each
+ * file is read only up to its first good document, so this is cheap on real shards; a file with
+ * none is read to its end, or for at most 100000 records / 256 MiB decompressed. Nothing is
+ * printed. Returns 0 when every file is fine, else the number of files that are not, with err
+ * (truncated to errlen) naming every one of them and why, then a HINT:
+ *   "these data files hold no valid C4 record:\n  FILE: empty (no lines after decompression)
+ *    \n  FILE: not C4 JSON Lines: 42 lines, 42 bad records, none ... (first: <report>)
+ *    \n  FILE: damaged before its first record: <report with the compressed byte offset>
+ *    \n  FILE: c4: cannot open ...\n(3 of 7 files) HINT: ..."
+ * A file damaged after its first record passes (the reader keeps its good records and reports
+ * the damage when training reaches it). The trainer calls this in --dry-run and before step 0. */
+int data_files_check(const char *const *files, int n, size_t max_line_bytes, char *err,
+                     size_t errlen);
+
 /* Validate the configuration, open the tokenizer and check the files are readable. Files are
  * opened lazily by the streams. NULL with a message in err on any error (nothing leaks). */
 DataLoader *data_loader_open(const DataLoaderConfig *cfg, char *err, size_t errlen);
@@ -119,7 +134,14 @@ char *data_cursor_merge(const char *const *bufs, const size_t *lens, int n, size
                         char *err, size_t errlen);
 
 /* Documents, tokens, pieces, examples, rows and bad records by reason, as of the last batch
- * returned. */
+ * returned; after data_loader_next returned -1 or 1, as of the failure (what was read for the
+ * batch that could not be completed included, so the counts agree with the error message), with
+ * a first line in parentheses saying so. Lines (data/README.md explains each field):
+ *   documents=N used=N empty=N other_streams=N skipped_on_restore=N
+ *   tokens=N tokens_before_chunking=N text_bytes=N input_bytes=N
+ *   pieces=N full=N short=N examples=N rows=N batches=N
+ *   bad records: json=N ... truncated=N corrupt=N total=N
+ *   damaged_files=N */
 void data_loader_print_stats(const DataLoader *dl, FILE *out);
 
 typedef struct {
@@ -133,7 +155,9 @@ typedef struct {
     long long input_bytes;   /* decompressed bytes read */
     long pieces, pieces_full, examples, rows;
     long bad[C4_NUM_BAD_KINDS];
+    long files_damaged;      /* file readers that hit C4_TRUNCATED / C4_CORRUPT */
 } DataLoaderStats;
+/* The numbers data_loader_print_stats prints (as of the last batch, or of the failure). */
 void data_loader_get_stats(const DataLoader *dl, DataLoaderStats *st);
 
 /* Stop the prefetch thread, close readers and the tokenizer, free everything. NULL is fine. */

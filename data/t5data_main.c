@@ -32,7 +32,8 @@ static void usage_(FILE *f) {
         "  dump-batch   write the global batch of step S as .npy files (int32 [batch, length]) to\n"
         "               --out DIR: input_ids, decoder_input_ids, labels, encoder_segment_ids,\n"
         "               decoder_segment_ids\n"
-        "  stats        one pass over all files: documents, tokens, pieces, bad records by reason\n"
+        "  stats        one pass over all files: documents, tokens, pieces, bad records by reason,\n"
+        "               damaged (truncated/corrupt) files; exit 1 if a file holds no valid record\n"
         "  bench        read+parse+tokenize+corrupt speed on one core, and peak RSS\n"
         "\n"
         "options:\n"
@@ -73,14 +74,25 @@ typedef struct {
     long seed, batch, streams, enc_len, dec_len, step, rows, epochs, seconds;
 } Args;
 
-/* Build a loader from the arguments; prints the error and returns NULL on failure. */
+/* Build a loader from the arguments; prints the error and returns NULL on failure. Every file
+ * must hold a valid record (data_files_check) unless check_warn_only, which then only warns
+ * and sets *files_bad. */
 static DataLoader *open_loader_(const Args *a, int batch, int streams, int prefetch, int epochs,
-                                char ***files, int *nf) {
-    char err[1024];
+                                char ***files, int *nf, int check_warn_only, int *files_bad) {
+    char err[8192];
     if (data_expand_globs(a->data, files, nf, err, sizeof err) != 0) {
         fprintf(stderr, "t5data: %s\n", err);
         return NULL;
     }
+    int bad = data_files_check((const char *const *)*files, *nf, 0, err, sizeof err);
+    if (files_bad) *files_bad = bad;
+    if (bad && !check_warn_only) {
+        fprintf(stderr, "t5data: error: %s\n", err);
+        data_free_files(*files, *nf);
+        *files = NULL;
+        return NULL;
+    }
+    if (bad) fprintf(stderr, "t5data: warning: %s\n", err);
     DataLoaderConfig cfg;
     data_loader_config_default(&cfg);
     cfg.files = (const char **)*files;
@@ -124,7 +136,7 @@ static int cmd_inspect_(const Args *a) {
     char **files = NULL;
     int nf = 0;
     int B = a->batch > 0 ? (int)a->batch : 4;
-    DataLoader *dl = open_loader_(a, B, (int)a->streams, 0, (int)a->epochs, &files, &nf);
+    DataLoader *dl = open_loader_(a, B, (int)a->streams, 0, (int)a->epochs, &files, &nf, 0, NULL);
     if (!dl) return 1;
     char err[512];
     SpmTokenizer *spm = spm_open(a->spm, err, sizeof err);
@@ -162,7 +174,7 @@ static int cmd_dump_(const Args *a) {
     char **files = NULL;
     int nf = 0;
     int B = a->batch > 0 ? (int)a->batch : 128;
-    DataLoader *dl = open_loader_(a, B, (int)a->streams, 0, (int)a->epochs, &files, &nf);
+    DataLoader *dl = open_loader_(a, B, (int)a->streams, 0, (int)a->epochs, &files, &nf, 0, NULL);
     if (!dl) return 1;
     T5Batch b;
     int rc = batch_at_step_(a, dl, B, &b);
@@ -196,7 +208,8 @@ static int cmd_dump_(const Args *a) {
 static int cmd_stats_(const Args *a) {
     char **files = NULL;
     int nf = 0;
-    DataLoader *dl = open_loader_(a, 1, 1, 0, 1, &files, &nf);
+    int files_bad = 0;
+    DataLoader *dl = open_loader_(a, 1, 1, 0, 1, &files, &nf, 1, &files_bad);
     if (!dl) return 1;
     T5Batch b;
     t5_batch_alloc(&b, 1, a->enc_len, a->dec_len);
@@ -205,16 +218,31 @@ static int cmd_stats_(const Args *a) {
     while ((rc = data_loader_next(dl, &b, NULL)) == 0) {}
     printf("files=%d seconds=%.2f\n", nf, now_seconds() - t0);
     data_loader_print_stats(dl, stdout);
+    DataLoaderStats st;
+    data_loader_get_stats(dl, &st);
+    if (rc == 1) {      /* one stream, one epoch: its rows are the packed rows of one epoch */
+        long rows = st.rows;
+        printf("one epoch = %ld packed rows of %ld/%ld tokens", rows, a->enc_len, a->dec_len);
+        if (a->batch > 0) printf(" = about %ld steps at --batch %ld", (rows + a->batch - 1) / a->batch, a->batch);
+        else printf(" = about %ld steps at global batch 8, %ld at 128 (rows / batch)",
+                    (rows + 7) / 8, (rows + 127) / 128);
+        printf("\n");
+    }
+    if (files_bad)
+        printf("files_without_records=%d (named above; training refuses them)\n", files_bad);
+    if (st.files_damaged)
+        printf("%ld damaged file(s): truncated or corrupt (each reported above with its byte "
+               "offset); their records before the damage were used\n", st.files_damaged);
     t5_batch_free(&b);
     data_loader_close(dl);
     data_free_files(files, nf);
-    return rc == 1 ? 0 : 1;
+    return rc == 1 && !files_bad ? 0 : 1;
 }
 
 static int cmd_bench_(const Args *a) {
     char **files = NULL;
     int nf = 0;
-    DataLoader *dl = open_loader_(a, 1, 1, 0, (int)a->epochs, &files, &nf);
+    DataLoader *dl = open_loader_(a, 1, 1, 0, (int)a->epochs, &files, &nf, 0, NULL);
     if (!dl) return 1;
     T5Batch b;
     t5_batch_alloc(&b, 1, a->enc_len, a->dec_len);

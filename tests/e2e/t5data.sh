@@ -60,6 +60,8 @@ assert all(lab[r, 0] == lab[0, 0] for r in range(8))
 assert (lab[:, 0] > 1000).all()
 PYEOF
     then pass dump_batch_contents; else fail dump_batch_contents "numpy checks failed"; fi
+elif [ $ok = 1 ]; then
+    echo "SKIP dump_batch_contents: /usr/bin/python3 with numpy not available (apt-get install python3-numpy)"
 fi
 
 # inspect shows sentinels and both sides
@@ -107,3 +109,45 @@ if /usr/bin/time -f 'maxrss_kb=%M' "$T5DATA" dump-batch --data "$DATA" --spm "$S
     if [ -n "$kb" ] && [ "$kb" -lt 204800 ]; then pass memory_128_streams
     else fail memory_128_streams "peak RSS ${kb:-?} kB: $(tail -2 "$TMP/b128.log")"; fi
 else fail memory_128_streams "$(tail -3 "$TMP/b128.log")"; fi
+
+# damaged shards: a cut .json.gz delivers exactly its complete lines (counted here by python's
+# streaming zlib) and is counted as damaged; a bad CRC is reported as corrupt; both name the file
+SHARD=$ROOT/data/sample/c4-train.00000-of-00004.json.gz
+size=$(stat -c %s "$SHARD")
+for pct in 5 50 99; do
+    head -c $((size * pct / 100)) "$SHARD" >"$TMP/cut$pct.json.gz"
+    want=$($PY -c "import zlib,sys; print(zlib.decompressobj(31).decompress(open(sys.argv[1],'rb').read()).count(b'\n'))" "$TMP/cut$pct.json.gz")
+    "$T5DATA" stats --data "$TMP/cut$pct.json.gz" --spm "$SPM" >"$TMP/cut.log" 2>&1
+    docs=$(sed -n 's/^documents=\([0-9]*\) .*/\1/p' "$TMP/cut.log")
+    if [ -n "$want" ] && [ "$docs" = "$want" ] && grep -q '^damaged_files=1$' "$TMP/cut.log" &&
+       grep -q " truncated=1 corrupt=0 " "$TMP/cut.log" &&
+       grep -q "^c4: $TMP/cut$pct.json.gz:.*(truncated).*compressed byte" "$TMP/cut.log"; then
+        pass "stats_cut_${pct}pct"
+    else fail "stats_cut_${pct}pct" "documents '$docs', complete lines '$want': $(cat "$TMP/cut.log")"; fi
+done
+$PY - "$SHARD" "$TMP/crc.json.gz" <<'PYEOF'
+import sys
+b = bytearray(open(sys.argv[1], 'rb').read()); b[-8] ^= 1; open(sys.argv[2], 'wb').write(b)
+PYEOF
+want=$(zcat "$SHARD" | wc -l)
+"$T5DATA" stats --data "$TMP/crc.json.gz" --spm "$SPM" >"$TMP/crc.log" 2>&1
+docs=$(sed -n 's/^documents=\([0-9]*\) .*/\1/p' "$TMP/crc.log")
+if [ "$docs" = "$want" ] && grep -q " corrupt=1 " "$TMP/crc.log" && grep -q '^damaged_files=1$' "$TMP/crc.log" &&
+   grep -q "^c4: $TMP/crc.json.gz:.*(corrupt).*incorrect data check" "$TMP/crc.log"; then
+    pass stats_bad_crc
+else fail stats_bad_crc "documents '$docs' of $want: $(cat "$TMP/crc.log")"; fi
+
+# files with no valid record: named, an error before any work (dump-batch), and stats exits 1
+: >"$TMP/empty.json.gz"
+"$T5DATA" dump-batch --data "$DATA,$TMP/empty.json.gz" --spm "$SPM" --batch 8 --out "$TMP/e" >"$TMP/e.log" 2>&1
+rc=$?
+if [ $rc = 1 ] && grep -q "$TMP/empty.json.gz: empty" "$TMP/e.log" && grep -q HINT "$TMP/e.log" && [ ! -e "$TMP/e" ]; then
+    pass empty_shard_refused
+else fail empty_shard_refused "exit $rc: $(cat "$TMP/e.log")"; fi
+"$T5DATA" stats --data "$ROOT/data/sample/*" --spm "$SPM" >"$TMP/all.log" 2>&1
+rc=$?
+if [ $rc = 1 ] && grep -q "data/sample/build.sh: not C4 JSON Lines" "$TMP/all.log" &&
+   grep -q "data/sample/spiece.model: not C4 JSON Lines" "$TMP/all.log" &&
+   grep -q "^files_without_records=" "$TMP/all.log"; then
+    pass non_c4_files_named
+else fail non_c4_files_named "exit $rc: $(head -c 1500 "$TMP/all.log")"; fi

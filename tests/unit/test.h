@@ -2,8 +2,11 @@
  * tests/unit/test.h: the unit-test harness (header only).
  *
  * A test file defines test functions and a main() that calls RUN(fn) for each. Each RUN prints
- * "PASS name" or "FAIL name"; tests/run.sh counts these lines. CHECK* record a failure with
- * file:line and a message but keep going, so one run shows every broken assertion.
+ * "PASS name", "FAIL name" or "SKIP name: reason"; tests/run.sh counts these lines. CHECK* record
+ * a failure with file:line and a message but keep going, so one run shows every broken assertion.
+ * A test that cannot run on this host (a tool or package missing) calls TEST_SKIP("reason") and
+ * returns: it is then neither passed nor failed but skipped (a failure recorded before the skip
+ * still fails it), and a CI run with skips fails (tests/run.sh).
  *
  * T5_TEST_QUICK=1 (set by the runner for the sanitizer builds) asks tests to shrink their
  * sizes; a test must still assert the same properties.
@@ -18,6 +21,11 @@
 
 static int test_failures_ = 0;      /* failures inside the current test */
 static int test_total_failed_ = 0;  /* tests that failed */
+static int test_skipped_ = 0;       /* the current test called TEST_SKIP */
+static char test_skip_reason_[256];
+
+#define TEST_SKIP(...) do { test_skipped_ = 1; \
+    snprintf(test_skip_reason_, sizeof test_skip_reason_, __VA_ARGS__); } while (0)
 
 #define CHECK(cond) do { if (!(cond)) { test_failures_++; \
     fprintf(stderr, "  %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); } } while (0)
@@ -36,8 +44,11 @@ static int test_total_failed_ = 0;  /* tests that failed */
     "  %s:%d: %s == %s failed: '%s' vs '%s'\n", __FILE__, __LINE__, #a, #b, \
     a_ ? a_ : "(null)", b_ ? b_ : "(null)"); } } while (0)
 
-#define RUN(fn) do { test_failures_ = 0; fn(); \
-    printf("%s %s\n", test_failures_ ? "FAIL" : "PASS", #fn); fflush(stdout); \
+#define RUN(fn) do { test_failures_ = 0; test_skipped_ = 0; fn(); \
+    if (test_failures_) printf("FAIL %s\n", #fn); \
+    else if (test_skipped_) printf("SKIP %s: %s\n", #fn, test_skip_reason_); \
+    else printf("PASS %s\n", #fn); \
+    fflush(stdout); \
     if (test_failures_) test_total_failed_++; } while (0)
 #define TEST_EXIT() (test_total_failed_ ? 1 : 0)
 

@@ -554,11 +554,45 @@ static void test_no_usable_documents(void) {
             int n, rc = run_until_status(dl, &b, 10, &n);
             CHECKF(rc == -1 && n == 0, "status %d after %d batches", rc, n);
             CHECKF(strstr(data_loader_error(dl), "stream 2"), "'%s'", data_loader_error(dl));
+            /* the summary agrees with the error: it counts the documents read so far */
+            char *txt = NULL;
+            size_t tl = 0;
+            FILE *f = open_memstream(&txt, &tl);
+            data_loader_print_stats(dl, f);
+            fclose(f);
+            DataLoaderStats st;
+            data_loader_get_stats(dl, &st);
+            CHECKF(strncmp(txt, "(the loader stopped with an error after 0 batches", 49) == 0,
+                   "'%s'", txt);
+            CHECKF(st.docs_read >= 2 && strstr(txt, "documents=0 ") == NULL, "'%s'", txt);
+            free(txt);
             t5_batch_free(&b);
             data_loader_close(dl);
         }
     }
-    unlink(p0); unlink(p1); rmdir(dir);
+    /* data_files_check: every file without a valid record is named, with its reason */
+    char p2[300], p3[300], p4[300], err[4096];
+    snprintf(p2, sizeof p2, "%s/zero.json", dir);
+    snprintf(p3, sizeof p3, "%s/missing.json", dir);
+    snprintf(p4, sizeof p4, "%s/notc4.json", dir);
+    CHECK(write_file_atomic(p2, "", 0) == 0);
+    const char *notc4 = "not json\n{\"text\":\"\"}\n\n{\"x\":1}\n";
+    CHECK(write_file_atomic(p4, notc4, strlen(notc4)) == 0);
+    const char *all[] = { p4, p1, p2, p3, p0 };   /* p0: whitespace text is a valid record */
+    CHECK_EQ_INT(data_files_check(all + 1, 1, 0, err, sizeof err), 0);
+    CHECK_STR(err, "");
+    CHECK_EQ_INT(data_files_check(all, 5, 0, err, sizeof err), 3);
+    char want[400];
+    snprintf(want, sizeof want, "\n  %s: not C4 JSON Lines: 3 lines, 3 bad records", p4);
+    CHECKF(strstr(err, want) != NULL, "'%s'", err);
+    snprintf(want, sizeof want, "\n  %s: empty", p2);
+    CHECKF(strstr(err, want) != NULL, "'%s'", err);
+    snprintf(want, sizeof want, "\n  %s: c4: cannot open", p3);
+    CHECKF(strstr(err, want) != NULL, "'%s'", err);
+    CHECKF(strstr(err, p1) == NULL && strstr(err, p0) == NULL &&
+           strstr(err, "(3 of 5 files) HINT: "), "'%s'", err);
+    CHECK_EQ_INT(data_files_check(all, 5, 0, NULL, 0), 3);     /* err may be NULL */
+    unlink(p0); unlink(p1); unlink(p2); unlink(p4); rmdir(dir);
 }
 
 /* A rank opens only the files of its own streams: the other files are deleted right after the

@@ -99,7 +99,7 @@ static int have_numpy(void) {
 
 static void test_numpy_interop(void) {
     if (!have_numpy()) {
-        printf("SKIP test_numpy_interop: /usr/bin/python3 with numpy not available\n");
+        TEST_SKIP("/usr/bin/python3 with numpy not available (apt-get install python3-numpy)");
         return;
     }
     char cmd[2048];

@@ -236,7 +236,7 @@ static int have_numpy(void) {
  * a file we wrote and checks header alignment, offsets and values. */
 static void test_python_interop(void) {
     if (!have_numpy()) {
-        printf("SKIP test_python_interop: /usr/bin/python3 with numpy not available\n");
+        TEST_SKIP("/usr/bin/python3 with numpy not available (apt-get install python3-numpy)");
         return;
     }
     const char *py_path = tpath("mk.py");
