@@ -342,34 +342,6 @@ static int next_batch_(Trainer *t, double *wait_s) {
     return 0;
 }
 
-/* Every file must hold at least one valid record: an empty or corrupt shard among good ones is
- * named before any work (it would otherwise stop training at step 0). Returns 0 or 1. */
-static int check_files_have_records_(char **files, int n, char *err, size_t errlen) {
-    size_t used = 0;
-    int bad = 0;
-    for (int i = 0; i < n; i++) {
-        C4ReaderOptions ro = {0, -1, NULL};
-        char e[1024] = "";
-        C4Reader *r = c4_reader_open(files[i], &ro, e, sizeof e);
-        C4Document doc;
-        int ok = r && c4_reader_next(r, &doc) == 1;
-        if (r) c4_reader_close(r);
-        if (!ok) {
-            bad++;
-            if (used < errlen)
-                used += (size_t)snprintf(err + used, errlen - used, "%s%s", bad > 1 ? ", " : "", files[i]);
-        }
-    }
-    if (bad) {
-        char list[2048];
-        snprintf(list, sizeof list, "%s", err);
-        set_error(err, errlen, "%d file(s) hold no valid C4 record (empty, not JSON lines with a \"text\" "
-                  "field, or damaged before the first record): %s. HINT: remove them from --data/--val-data "
-                  "(or fix the glob), or re-download them", bad, list);
-    }
-    return bad ? 1 : 0;
-}
-
 static int open_data_(Trainer *t, char *err, size_t errlen) {
     TrainOptions *o = &t->o;
     if (o->synthetic) {
@@ -1051,12 +1023,12 @@ int trainer_open(Trainer **out, TrainOptions *opts, MPI_Comm world) {
     /* data: the files are checked here, so a bad file stops the dry run too */
     if (open_data_(t, err, sizeof err)) goto config_fail;
     if (!o->synthetic && t->is_root) {
-        int bad = check_files_have_records_(t->files, t->n_files, err, sizeof err);
+        int bad = data_files_check((const char *const *)t->files, t->n_files, 0, err, sizeof err);
         if (!bad && t->n_val_files)
-            bad = check_files_have_records_(t->val_files, t->n_val_files, err, sizeof err);
+            bad = data_files_check((const char *const *)t->val_files, t->n_val_files, 0, err, sizeof err);
         if (bad) fprintf(stderr, "t5pretrain: error: %s\n", err);
         err[0] = 0;
-        code = bad;
+        code = bad != 0;
     } else {
         code = 0;
     }
