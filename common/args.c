@@ -283,7 +283,8 @@ void args_print_usage(const ArgParser *p, const void *defaults, FILE *out) {
         if (s->kind == ARG_STR && !dflt[0] && !s->default_text) snprintf(dflt, sizeof dflt, "none");
         if (strlen(arg) > 28) fprintf(out, "  %s\n  %-28s %s", arg, "", s->help);
         else fprintf(out, "  %-28s %s", arg, s->help);
-        if (dflt[0]) fprintf(out, " [default: %s]", dflt);
+        if (!strcmp(dflt, "required")) fprintf(out, " [required]");
+        else if (dflt[0]) fprintf(out, " [default: %s]", dflt);
         fputc('\n', out);
     }
 }

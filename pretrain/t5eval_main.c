@@ -25,7 +25,7 @@
  *          [--enc-len N] [--dec-len N] [--threads N]
  *
  * Validation mode: N batches of B rows (default 8) from the same data pipeline as training
- * (data/loader.h: files of GLOB, seed S (default 0), B canonical streams, one epoch at most),
+ * (data/loader.h: files of GLOB, seed S (default 1: the trainer validates with its --seed + 1), B canonical streams, one epoch at most),
  * forward only. Prints ONE JSON line
  *   {"loss": L, "loss_sum": S, "tokens": N, "neg_log_perplexity": -L, "log_z_squared": Z, "batches": n}
  * with the same definitions summed over all batches (t5-spec.md 6.2: neg_log_perplexity is the
@@ -39,27 +39,65 @@
 #include <string.h>
 
 #include "ckpt/hf.h"
+#include "common/args.h"
 #include "common/blas_runtime.h"
 #include "common/npy.h"
 #include "common/util.h"
 #include "data/loader.h"
+#include "pretrain/gemm.h"
 #include "pretrain/t5_batch.h"
 #include "pretrain/t5_model.h"
 
-static void usage_(FILE *out) {
-    fputs("usage: t5eval --model DIR --batch DIR [--grads FILE] [--threads N]\n"
-          "       t5eval --model DIR --data GLOB --spm MODEL --batches N [--batch-size B] [--seed S]\n"
-          "              [--enc-len N] [--dec-len N] [--threads N]\n"
-          "  --model DIR    weights folder (config.json + model.safetensors)\n"
-          "  --batch DIR    input_ids.npy, decoder_input_ids.npy, labels.npy (int32 [B, L]);\n"
-          "                 optional encoder_segment_ids.npy, decoder_segment_ids.npy\n"
-          "  --grads FILE   write the gradient of the mean loss as safetensors\n"
-          "  --threads N    OpenMP/OpenBLAS threads (default: OMP_NUM_THREADS or all cores)\n"
-          "  --data GLOB    validation mode: C4 files (comma-separated globs), with --spm MODEL,\n"
-          "                 --batches N, --batch-size B (8), --seed S (0), --enc-len (512), --dec-len (128)\n"
-          "prints {\"loss\", \"loss_sum\", \"tokens\", \"grad_norm\", \"log_z_squared\"} as one JSON line\n"
-          "(validation mode: \"neg_log_perplexity\" and \"batches\" instead of \"grad_norm\")\n",
-          out);
+typedef struct {
+    char model[4096], batch[4096], grads[4096], data[4096], spm[4096], precision[8];
+    int threads, batches, batch_size, enc_len, dec_len;
+    long seed;
+} EvalOptions;
+
+#define S_(f, ch, meta, help, dflt) ARG_STR_(EvalOptions, f, ch, meta, help, dflt)
+#define N_(kind, f, lo, hi, meta, help, dflt) ARG_NUM_(EvalOptions, kind, f, lo, hi, meta, help, dflt)
+static const ArgSpec SPECS[] = {
+    S_(model, NULL, "DIR", "a Hugging Face folder (config.json + model.safetensors), e.g. RUN_DIR/final", "required"),
+    S_(batch, NULL, "DIR", "input_ids.npy, decoder_input_ids.npy, labels.npy (int32 [B, L]); optional encoder_segment_ids.npy, decoder_segment_ids.npy", NULL),
+    S_(grads, NULL, "FILE", "write the gradient of the mean loss as safetensors (with --batch)", NULL),
+    N_(ARG_INT, threads, 0, 4096, NULL, "OpenMP/OpenBLAS threads", "OMP_NUM_THREADS, else all cores"),
+    S_(precision, "auto|fp32|bf16", NULL, "inputs of matrix products in fp32 or bf16 (as t5pretrain --precision)", "fp32"),
+    S_(data, NULL, "GLOB", "validation mode: C4 files (comma-separated globs); needs --spm and --batches", NULL),
+    S_(spm, NULL, "MODEL", "validation mode: the SentencePiece model", NULL),
+    N_(ARG_INT, batches, 0, 1 << 30, NULL, "validation mode: batches to evaluate", NULL),
+    N_(ARG_INT, batch_size, 1, 1 << 20, NULL, "validation mode: rows per batch (the trainer's --batch)", NULL),
+    N_(ARG_LONG, seed, 0, 9.2e18, NULL, "validation mode: data seed (the trainer validates with its --seed + 1)", NULL),
+    N_(ARG_INT, enc_len, 8, 1 << 16, NULL, "validation mode: encoder length", NULL),
+    N_(ARG_INT, dec_len, 4, 1 << 16, NULL, "validation mode: decoder length", NULL),
+};
+static const ArgParser PARSER = {
+    "usage: t5eval --model DIR --batch DIR [--grads FILE] [--threads N] [--precision P]\n"
+    "       t5eval --model DIR --data GLOB --spm MODEL --batches N [--batch-size B] [--seed S]\n"
+    "              [--enc-len N] [--dec-len N] [--threads N] [--precision P]\n"
+    "prints {\"loss\", \"loss_sum\", \"tokens\", \"grad_norm\", \"log_z_squared\"} as one JSON line\n"
+    "(validation mode: \"neg_log_perplexity\" and \"batches\" instead of \"grad_norm\")",
+    SPECS, (int)(sizeof SPECS / sizeof SPECS[0]), NULL};
+
+static void defaults_(EvalOptions *o) {
+    memset(o, 0, sizeof *o);
+    snprintf(o->precision, sizeof o->precision, "fp32");
+    o->batch_size = 8;
+    o->seed = 1;   /* the trainer's validation seed for its default --seed 0 */
+    o->enc_len = 512;
+    o->dec_len = 128;
+}
+
+/* Select the GEMM precision (auto: the trainer's default policy). 0, or prints and returns 2. */
+static int set_precision_(const char *p) {
+    GemmConfig gc = {GEMM_FP32, GEMM_BACKEND_OPENBLAS};
+    char why[256], err[512];
+    if (!strcmp(p, "auto")) gemm_default_config(&gc, why, sizeof why);
+    else if (!strcmp(p, "bf16")) { gc.precision = GEMM_BF16; gc.backend = GEMM_BACKEND_ONEDNN; }
+    if (gemm_set_config(&gc, err, sizeof err) != 0) {
+        fprintf(stderr, "t5eval: --precision %s: %s\n", p, err);
+        return 2;
+    }
+    return 0;
 }
 
 /* Read DIR/NAME.npy; returns NULL if optional and absent; exits with a message on any error. */
@@ -191,75 +229,44 @@ done:
     data_loader_close(dl);
 done_model:
     t5_model_free(&m);
+    gemm_release();
     data_free_files(files, nf);
     return rc;
 }
 
 int main(int argc, char **argv) {
-    const char *model_dir = NULL, *batch_dir = NULL, *grads_path = NULL, *data_glob = NULL,
-               *spm_path = NULL;
-    int threads = 0;
-    long n_batches = 0, batch_size = 8, seed = 0, enc_len = 512, dec_len = 128;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage_(stdout); return 0; }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "t5eval: %s needs a value or is unknown\n", a);
-            usage_(stderr);
-            return 2;
-        }
-        const char *v = argv[++i];
-        if (!strcmp(a, "--model")) model_dir = v;
-        else if (!strcmp(a, "--batch")) batch_dir = v;
-        else if (!strcmp(a, "--grads")) grads_path = v;
-        else if (!strcmp(a, "--threads")) {
-            char *end;
-            long t = strtol(v, &end, 10);
-            if (*end || end == v || t < 1 || t > 4096) {
-                fprintf(stderr, "t5eval: --threads must be a positive integer, not '%s'\n", v);
-                return 2;
-            }
-            threads = (int)t;
-        } else if (!strcmp(a, "--data")) data_glob = v;
-        else if (!strcmp(a, "--spm")) spm_path = v;
-        else if (!strcmp(a, "--batches") || !strcmp(a, "--batch-size") || !strcmp(a, "--seed") ||
-                 !strcmp(a, "--enc-len") || !strcmp(a, "--dec-len")) {
-            char *end;
-            errno = 0;
-            long x = strtol(v, &end, 10);
-            if (errno || *end || end == v || x < (strcmp(a, "--seed") ? 1 : 0) || x > (1L << 30)) {
-                fprintf(stderr, "t5eval: %s must be a %s integer, not '%s'\n", a,
-                        strcmp(a, "--seed") ? "positive" : "non-negative", v);
-                return 2;
-            }
-            if (!strcmp(a, "--batches")) n_batches = x;
-            else if (!strcmp(a, "--batch-size")) batch_size = x;
-            else if (!strcmp(a, "--seed")) seed = x;
-            else if (!strcmp(a, "--enc-len")) enc_len = x;
-            else dec_len = x;
-        } else {
-            fprintf(stderr, "t5eval: unknown option %s\n", a);
-            usage_(stderr);
-            return 2;
-        }
+    EvalOptions o, dflt;
+    defaults_(&o);
+    defaults_(&dflt);
+    char perr[2048];
+    int prc = args_parse(&PARSER, &o, &dflt, argc, argv, 1, stdout, NULL, 0, NULL, perr, sizeof perr);
+    if (prc == 1) return 0;
+    if (prc < 0) {
+        fprintf(stderr, "t5eval: %s\n", perr);
+        return 2;
     }
+    const char *model_dir = o.model[0] ? o.model : NULL, *batch_dir = o.batch[0] ? o.batch : NULL;
+    const char *grads_path = o.grads[0] ? o.grads : NULL, *data_glob = o.data[0] ? o.data : NULL;
+    const char *spm_path = o.spm[0] ? o.spm : NULL;
+    int threads = o.threads;
+    long n_batches = o.batches, batch_size = o.batch_size, seed = o.seed, enc_len = o.enc_len, dec_len = o.dec_len;
     if (data_glob) {
         if (!model_dir || !spm_path || !n_batches || batch_dir || grads_path) {
             fprintf(stderr, "t5eval: --data needs --model, --spm and --batches, and excludes --batch "
-                    "and --grads\n");
-            usage_(stderr);
+                    "and --grads (see --help)\n");
             return 2;
         }
         blas_runtime_setup(argc, argv, threads, 0);
+        if (set_precision_(o.precision)) return 2;
         return validate_(model_dir, data_glob, spm_path, n_batches, (int)batch_size, (uint64_t)seed,
                          (int)enc_len, (int)dec_len);
     }
     if (!model_dir || !batch_dir) {
-        fprintf(stderr, "t5eval: --model and --batch (or --data) are required\n");
-        usage_(stderr);
+        fprintf(stderr, "t5eval: --model and --batch (or --data) are required (see --help)\n");
         return 2;
     }
     blas_runtime_setup(argc, argv, threads, 0);
+    if (set_precision_(o.precision)) return 2;
 
     /* the batch first: cheap, and bad input should fail before the model is read */
     int B, Le, r, c;
@@ -286,6 +293,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "t5eval: %s\n", err);
         return 1;
     }
+    gemm_weights_updated();
     int V = m.cfg.vocab_size;
     check_range_("input_ids", enc_ids, B, Le, 0, V);
     check_range_("decoder_input_ids", dec_ids, B, Ld, 0, V);
@@ -341,6 +349,7 @@ int main(int argc, char **argv) {
     }
     t5_batch_free(&b);
     t5_model_free(&m);
+    gemm_release();
     free(enc_ids); free(dec_ids); free(labels); free(enc_seg); free(dec_seg);
     return rc;
 }
