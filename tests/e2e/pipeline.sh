@@ -45,7 +45,7 @@ for x, y in zip(a, b):
         assert rel <= tol, (x["step"], k, x[k], y[k], rel)
 print("worst relative difference over %d steps: %.3g" % (len(b), worst))
 EOF
-    then pass "$name"; else fail "$name" "see the log"; fi
+    then pass "$name"; else fail "$name" "$(tail -4 "$dir.log" 2>/dev/null)"; fi
 }
 
 # pp 2, auto split: enc 0-1 + norm | dec 0-1 + head (a decoder-only stage)
