@@ -308,6 +308,17 @@ static int plan_memory_(Trainer *t, int ranks_on_node, double *avail_out, char *
     rec = -agree[1];
     *avail_out = avail;
     double need = rank_memory_bytes_(t, micro, rec);
+    if (fail && t->o.dry_run && t->o.plan_world > 0) {
+        /* a plan for another cluster: report the most frugal choice, the scheduler decides */
+        snprintf(note, notelen, "planning for %d ranks: %.1f GiB per rank needed (micro-batch %d%s) is more than "
+                 "this machine has per rank (%.1f GiB); check it against the nodes of the cluster",
+                 t->o.plan_world, need / 1073741824.0, micro, rec ? ", recomputing" : "", avail / 1073741824.0);
+        fail = 0;
+        t->micro = micro;
+        t->recompute = rec;
+        snprintf(t->o.recompute, sizeof t->o.recompute, "%s", rec ? "on" : "off");
+        return 0;
+    }
     if (fail) {
         set_error(err, errlen, "%s needs about %.1f GiB per rank (micro-batch %d%s) but only %.1f GiB are "
                   "available per rank (%s, %d rank(s) per node); use a smaller --micro-batch (gradients "
@@ -877,7 +888,7 @@ static void print_projection_(const Trainer *t, int ranks_per_node) {
     static const int nodes_list[3] = {1, 8, 32};
     printf("t5pretrain: projection (cost model; assumes %.0f GFLOP/s per rank sustained and %.0f GB/s per rank "
            "for the gradient all-reduce, micro-batch 1):\n", rate / 1e9, net / 1e9);
-    printf("    nodes  ranks  pp   dp  micro-batches  bubble   step_s  (compute + all-reduce)\n");
+    printf("    nodes  ranks  pp   dp  micro-batches  bubble   step_s  (compute + all-reduce)  GiB/rank\n");
     for (int k = 0; k < 3; k++) {
         int world = nodes_list[k] * ranks_per_node;
         for (int P = 1; P <= 64 && P <= world; P *= 2) {
@@ -895,8 +906,14 @@ static void print_projection_(const Trainer *t, int ranks_per_node) {
             double compute = flops * worst / ((double)dp * rate) * (m + P - 1) / m;
             double params = (double)t5_config_num_params(c) * worst;
             double comm = dp > 1 ? 2.0 * params * 4.0 * (dp - 1) / dp / net : 0;
-            printf("    %5d  %5d  %2d  %3d  %13d  %5.1f%%  %7.2f  (%.2f + %.2f)\n", nodes_list[k], world, P, dp,
-                   m, 100 * bubble, compute + comm, compute, comm);
+            Trainer tmp = *t;   /* the memory plan of this layout, micro-batch 1, no recomputation */
+            tmp.ranges = r;
+            tmp.plan_pp = P;
+            tmp.plan_dp = dp;
+            tmp.local_rows = m;
+            double mem = rank_memory_bytes_(&tmp, 1, 0);
+            printf("    %5d  %5d  %2d  %3d  %13d  %5.1f%%  %7.2f  (%.2f + %.2f)  %8.2f\n", nodes_list[k], world, P, dp,
+                   m, 100 * bubble, compute + comm, compute, comm, mem / 1073741824.0);
             free(r);
             free(cost);
         }
