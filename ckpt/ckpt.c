@@ -707,8 +707,11 @@ int ckpt_save(MPI_Comm comm, const CkptSaveArgs *args, const CkptPiece *pieces, 
     rc = 0;
 
 cleanup:
+    /* every rank gets here together (each failure above is agreed on first); the others wait
+     * until rank 0 has removed step_N.tmp, so "failed" means "nothing left" on every rank */
     if (rc != 0 && rank == 0 && made_tmp && !crashed && rm_rf_(tmpdir) != 0)
         fprintf(stderr, "warning: %s: cannot remove after a failed save: %s\n", tmpdir, strerror(errno));
+    if (rc != 0) MPI_Barrier(comm);
     if (rc != 0) set_error(err_out, errlen, "checkpoint step %ld: %s", args->step, err);
     if (meta) json_decref(meta);
     json_decref(table);
