@@ -639,8 +639,16 @@ int ckpt_save(MPI_Comm comm, const CkptSaveArgs *args, const CkptPiece *pieces, 
     if (agree_(comm, ok, err) != 0) goto cleanup;
     MPI_Bcast(&save_id, 1, MPI_UINT64_T, 0, comm);
 
-    /* 2. every rank writes and fsyncs its shard */
-    ok = write_shard_(shard, rank, size, args->step, save_id, level, pieces, n_pieces, table, err) == 0;
+    /* 2. every rank writes and fsyncs its shard (into the directory rank 0 made: RUN must be on
+     * a file system every rank shares) */
+    struct stat tst;
+    if (stat(tmpdir, &tst) != 0) {
+        set_error(err, ERRMAX, "%s (made by rank 0) is not visible here: %s (HINT: --run-dir must be on a "
+                  "file system shared by every rank)", tmpdir, strerror(errno));
+        ok = 0;
+    } else {
+        ok = write_shard_(shard, rank, size, args->step, save_id, level, pieces, n_pieces, table, err) == 0;
+    }
     if (agree_(comm, ok, err) != 0) goto cleanup;
     if (ckpt_test_crash_point == 1) { crashed = 1; set_error(err, ERRMAX, "simulated crash after the shards"); goto cleanup; }
 
