@@ -1280,6 +1280,47 @@ done:
     return rc;
 }
 
+static int usable_(const char *dir, int full_verify, char *err) {
+    if (full_verify) return ckpt_verify(dir, err, ERRMAX);
+    Ckpt *ck = ckpt_open(dir, err, ERRMAX);
+    ckpt_close(ck);
+    return ck ? 0 : -1;
+}
+
+int ckpt_find_resume(const char *run_dir, int full_verify, char *out, size_t outlen, char *note,
+                     size_t notelen, char *err_out, size_t errlen) {
+    char why[ERRMAX * 2] = "", e[ERRMAX], path[4096];
+    set_error(note, notelen, "%s", "");
+    long latest_step = -1;
+    if (ckpt_latest(run_dir, path, sizeof path, e, sizeof e) == 0) {
+        parse_step_name_(strrchr(path, '/') + 1, "", &latest_step);
+        if (usable_(path, full_verify, e) == 0) {
+            if ((size_t)snprintf(out, outlen, "%s", path) >= outlen) { set_error(err_out, errlen, "%s: path too long", path); return -1; }
+            return 0;
+        }
+    }
+    snprintf(why, sizeof why, "%s", e);
+    int n;
+    long *steps = ckpt_list_steps(run_dir, &n);
+    int rc = -1;
+    for (int i = 0; i < n && rc != 0; i++) {
+        if (steps[i] == latest_step) continue;
+        snprintf(path, sizeof path, "%s/ckpt/step_%08ld", run_dir, steps[i]);
+        if (usable_(path, full_verify, e) == 0) {
+            if ((size_t)snprintf(out, outlen, "%s", path) >= outlen) break;
+            set_error(note, notelen, "not resuming from latest (%s); using the newest checkpoint that %s "
+                      "instead: %s", why, full_verify ? "verifies" : "opens", path);
+            rc = 0;
+        } else {
+            size_t k = strlen(why);
+            if (k + 8 < sizeof why) snprintf(why + k, sizeof why - k, "; %s", e);
+        }
+    }
+    free(steps);
+    if (rc != 0) set_error(err_out, errlen, "%s/ckpt: no usable checkpoint (%d committed): %s", run_dir, n, why);
+    return rc;
+}
+
 static int long_desc_(const void *a, const void *b) {
     long x = *(const long *)a, y = *(const long *)b;
     return x > y ? -1 : x < y;

@@ -139,6 +139,12 @@ int ckpt_verify(const char *step_dir, char *err, size_t errlen);
 /* ---- run-directory helpers ---- */
 /* Path of RUN/ckpt/<name in latest> into out. 0, or -1 if there is none (message in err). */
 int ckpt_latest(const char *run_dir, char *out, size_t outlen, char *err, size_t errlen);
+/* The checkpoint to resume from: the one `latest` names if it opens (with full_verify: if it
+ * passes ckpt_verify); otherwise, loudly, the newest committed step that does: then note says
+ * what was skipped and why (note is "" when latest was used). 0 with the directory in out; -1 if
+ * RUN has no usable checkpoint (err lists why each candidate failed). */
+int ckpt_find_resume(const char *run_dir, int full_verify, char *out, size_t outlen, char *note,
+                     size_t notelen, char *err, size_t errlen);
 /* Committed steps in RUN/ckpt, newest first (malloc'ed; caller frees). Count in *n. */
 long *ckpt_list_steps(const char *run_dir, int *n);
 /* Retention after a commit (rank 0 only, no save in flight): keep the newest keep_last (0 = all)

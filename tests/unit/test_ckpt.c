@@ -686,6 +686,37 @@ static void test_retention(void) {
     CHECK(load_ok_(run, 500, err));
 }
 
+static void test_find_resume(void) {
+    if (world_ != 1) return;
+    char run[600], err[2048], out[1024], note[4096];
+    snprintf(run, sizeof run, "%s/resume", root_);
+    CHECK(ckpt_find_resume(run, 1, out, sizeof out, note, sizeof note, err, sizeof err) == -1 && strstr(err, "no usable"));
+    tt_init_(71, 0);
+    for (long s = 10; s <= 30; s += 10) CHECKF(save_(run, s, 0, 1, err) == 0, "%s", err);
+    CHECK(ckpt_find_resume(run, 1, out, sizeof out, note, sizeof note, err, sizeof err) == 0 &&
+          strstr(out, "step_00000030") && note[0] == 0);
+    /* a damaged shard in the newest: a full verify falls back to step 20, loudly; a manifest-only
+     * check does not see it */
+    char shard[1024];
+    snprintf(shard, sizeof shard, "%s/shard-00000-of-00001.zst", step_dir_(run, 30));
+    size_t n;
+    unsigned char *b = slurp_(shard, &n);
+    b[n / 2] ^= 1;
+    spit_(shard, b, n);
+    free(b);
+    CHECK(ckpt_find_resume(run, 1, out, sizeof out, note, sizeof note, err, sizeof err) == 0 &&
+          strstr(out, "step_00000020") && strstr(note, "shard-00000-of-00001.zst") && strstr(note, "step_00000020"));
+    CHECK(ckpt_find_resume(run, 0, out, sizeof out, note, sizeof note, err, sizeof err) == 0 && strstr(out, "step_00000030"));
+    /* latest gone and step 20's manifest damaged: step 10 */
+    unlink(fmt_("%s/ckpt/latest%s", run, ""));
+    spit_(fmt_("%s/manifest.json%s", step_dir_(run, 20), ""), "{}", 2);
+    CHECK(ckpt_find_resume(run, 1, out, sizeof out, note, sizeof note, err, sizeof err) == 0 &&
+          strstr(out, "step_00000010") && strstr(note, "latest"));
+    spit_(fmt_("%s/manifest.json%s", step_dir_(run, 10), ""), "{}", 2);
+    CHECK(ckpt_find_resume(run, 1, out, sizeof out, note, sizeof note, err, sizeof err) == -1 &&
+          strstr(err, "no usable checkpoint (3 committed)") && strstr(err, "step_00000010/manifest.json"));
+}
+
 static void test_async_save(void) {
     char run[600], err[2048];
     snprintf(run, sizeof run, "%s/async", root_);
@@ -1038,6 +1069,7 @@ int main(int argc, char **argv) {
             RUN(test_manifest_fuzz);
             RUN(test_foreign_manifest);
             RUN(test_retention);
+            RUN(test_find_resume);
             RUN(test_hf_atomic);
         } else {
             MRUN(test_mpi_one_rank_fails);
