@@ -396,10 +396,11 @@ static int write_shard_(const char *path, int rank, int writers, long step, uint
     pieces = NULL;
     rc = 0;
     goto done;
-io_fail:
-    set_error(err, ERRMAX, "%s: write failed at byte %llu: %s (HINT: free space on this file system, "
-             "e.g. a smaller --keep-last, or another --run-dir)", path, (unsigned long long)pos,
-             strerror(errno ? errno : EIO));
+io_fail:;
+    int e = errno ? errno : EIO;
+    set_error(err, ERRMAX, "%s: write failed at byte %llu: %s (HINT: %s)", path, (unsigned long long)pos,
+              strerror(e), e == EFBIG ? "a file-size limit is in force (ulimit -f); lift it"
+              : "free space on this file system, e.g. a smaller --keep-last, or another --run-dir");
 fail:
     if (fd >= 0) close(fd);
 done:

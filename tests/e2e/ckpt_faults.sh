@@ -4,7 +4,8 @@
 #   1. build/tests/test_ckpt under mpirun -np 2 (two writers, different splits, one rank failing,
 #      background save next to collectives, faults in each shard)
 #   2. disk full: a 4 MiB tmpfs mounted here (root only; SKIP line otherwise): save fails with a
-#      clear error, the previous checkpoint loads, the next save commits; 1 and 2 ranks
+#      clear error, the previous checkpoint loads, the next save commits; 1 and 2 ranks; and the
+#      same under `ulimit -f 1024` (EFBIG instead of ENOSPC)
 #   3. t5ckpt info/verify/export on a 2-writer checkpoint of a real model: export equals the weights
 #      written directly (byte for byte, tokenizer files included), verifies and loads in t5eval;
 #      existing output folders refused without --force
@@ -54,6 +55,15 @@ if [ "$(id -u)" = 0 ]; then
 else
     echo "SKIP ckpt_disk_full: mounting a tmpfs needs root"
 fi
+
+# 2b. a file-size limit (RLIMIT_FSIZE as `ulimit -f` sets it, after MPI_Init; no root needed):
+#     writes past 1 MiB fail with EFBIG
+mkdir -p "$T/ulimit"
+T5_CKPT_FULL_DIR=$T/ulimit T5_CKPT_FSIZE_LIMIT=1048576 "$TB" >"$T/ulimit.log" 2>&1
+rc=$?
+grep -E '^(PASS|FAIL) ' "$T/ulimit.log" | sed 's/^\(PASS\|FAIL\) /\1 ulimit_/'
+grep -E '^  disk full:' "$T/ulimit.log" | head -1
+if [ $rc -ne 0 ] || ! grep -q '^PASS ' "$T/ulimit.log"; then fail ckpt_file_size_limit "rc=$rc: $(tail -5 "$T/ulimit.log")"; fi
 
 # 3. t5ckpt on a checkpoint written by two ranks
 RUN=$T/run

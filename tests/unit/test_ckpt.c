@@ -18,10 +18,12 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <mpi.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -628,6 +630,59 @@ static void test_manifest_fuzz(void) {
     free(orig);
 }
 
+/* Doctored manifests with a valid checksum that keep every size consistent: two equal pieces
+ * swapped, two tensors' names swapped, a shape transposed. The raw checksums are keyed by name,
+ * shape and position, so each must fail at read naming the shard and tensor, never load. */
+static void test_doctored_manifest(void) {
+    if (world_ != 1) return;
+    char run[600], err[2048], mpath[1024];
+    snprintf(run, sizeof run, "%s/doctored", root_);
+    float *a = xmalloc(8000 * 4), *b = xmalloc(8000 * 4);
+    for (int i = 0; i < 8000; i++) { a[i] = (float)i; b[i] = (float)-i; }
+    CkptPiece pc[3] = {{"a", CKPT_F32, 2, {8, 1000}, 0, 4000, a}, {"a", CKPT_F32, 2, {8, 1000}, 4000, 4000, a + 4000},
+                       {"b", CKPT_F32, 2, {8, 1000}, 0, 8000, b}};
+    CkptSaveArgs sa = {.run_dir = run, .step = 1, .meta_json = "{}"};
+    CHECKF(ckpt_save(MPI_COMM_WORLD, &sa, pc, 3, err, sizeof err) == 0, "%s", err);
+    snprintf(mpath, sizeof mpath, "%s/manifest.json", step_dir_(run, 1));
+    size_t n;
+    char *orig = (char *)slurp_(mpath, &n);
+    for (int edit = 0; edit < 3; edit++) {
+        json_t *m = json_loadb(orig, n, 0, NULL);
+        json_t *ts = json_object_get(m, "tensors"), *ta = json_array_get(ts, 0), *tb = json_array_get(ts, 1);
+        const char *victim = "a";
+        if (edit == 0) {       /* swap the elem_offsets of a's two pieces */
+            json_t *ps = json_object_get(ta, "pieces");
+            json_t *p0 = json_array_get(ps, 0), *p1 = json_array_get(ps, 1);
+            json_t *e0 = json_incref(json_object_get(p0, "elem_offset")), *e1 = json_incref(json_object_get(p1, "elem_offset"));
+            json_object_set_new(p0, "elem_offset", e1);
+            json_object_set_new(p1, "elem_offset", e0);
+        } else if (edit == 1) {   /* swap the names (both [8, 1000] f32 ... but split differently) */
+            json_object_set_new(ta, "name", json_string("b"));
+            json_object_set_new(tb, "name", json_string("a"));
+        } else {                  /* transpose a's shape */
+            json_object_set_new(ta, "shape", json_pack("[i, i]", 1000, 8));
+        }
+        size_t len;
+        char *t = dump_checked_(m, &len);
+        json_decref(m);
+        spit_(mpath, t, len);
+        free(t);
+        Ckpt *ck = ckpt_open(step_dir_(run, 1), err, sizeof err);
+        CHECKF(ck != NULL, "edit %d: %s", edit, err);
+        if (!ck) continue;
+        float *out = xmalloc(8000 * 4);
+        int rc = ckpt_read(ck, victim, 0, 8000, out, err, sizeof err);
+        CHECKF(rc == -1 && strstr(err, "shard-00000-of-00001.zst") && strstr(err, "checksum"), "edit %d: rc %d %s", edit, rc, err);
+        free(out);
+        ckpt_close(ck);
+    }
+    spit_(mpath, orig, n);
+    CHECKF(ckpt_verify(step_dir_(run, 1), err, sizeof err) == 0, "%s", err);
+    free(orig);
+    free(a);
+    free(b);
+}
+
 static void test_foreign_manifest(void) {
     if (world_ != 1) return;
     char a[600], b[600], c[600], err[2048];
@@ -819,7 +874,9 @@ static void test_hf_atomic(void) {
     t5_model_free(&m);
 }
 
-/* ---- disk full (T5_CKPT_FULL_DIR: a small tmpfs) ---- */
+/* ---- disk full (T5_CKPT_FULL_DIR: a small tmpfs, or any directory with T5_CKPT_FSIZE_LIMIT=bytes,
+ * a file-size limit like `ulimit -f` set after MPI_Init: with SIGXFSZ ignored, writes past it
+ * fail with EFBIG like on a full disk) ---- */
 
 static void test_disk_full(const char *fs) {
     char run[600], err[2048];
@@ -836,7 +893,8 @@ static void test_disk_full(const char *fs) {
     pc[n++] = (CkptPiece){"junk", CKPT_U8, 1, {(int64_t)big * world_, 0}, big * (size_t)rank_, big, junk};
     CkptSaveArgs a = {.run_dir = run, .step = 200, .meta_json = rank_ == 0 ? META : NULL};
     int rc = ckpt_save(MPI_COMM_WORLD, &a, pc, n, err, sizeof err);
-    CHECK(rc == -1 && strstr(err, "No space left") && strstr(err, "shard-") && strstr(err, "step 200"));
+    CHECK(rc == -1 && (strstr(err, "No space left") || strstr(err, "File too large")) && strstr(err, "shard-") &&
+          strstr(err, "step 200"));
     if (rc == -1 && rank_ == 0) printf("  disk full: %s\n", err);
     CHECK(load_ok_(run, 100, err));
     CHECK_EQ_INT(count_tmp_(run), 0);
@@ -848,7 +906,7 @@ static void test_disk_full(const char *fs) {
     /* background save, disk full: the error comes from end */
     CkptSaveArgs a2 = {.run_dir = run, .step = 400, .meta_json = rank_ == 0 ? META : NULL};
     CkptAsync *j = ckpt_save_begin(MPI_COMM_WORLD, &a2, pc, n, err, sizeof err);
-    CHECK(ckpt_save_end(j, err, sizeof err) == -1 && strstr(err, "No space left"));
+    CHECK(ckpt_save_end(j, err, sizeof err) == -1 && (strstr(err, "No space left") || strstr(err, "File too large")));
     CHECK(load_ok_(run, 300, err));
     free(junk);
     if (world_ == 1) {
@@ -871,7 +929,8 @@ static void test_disk_full(const char *fs) {
         t5_model_build(&m, &cfg);
         fill_(&m, 4);
         HfSaveOpts repl = {.replace = 1};
-        CHECK(hf_save_folder(dir, &m, &repl, err, sizeof err) == -1 && strstr(err, "No space left"));
+        CHECK(hf_save_folder(dir, &m, &repl, err, sizeof err) == -1 &&
+              (strstr(err, "No space left") || strstr(err, "File too large")));
         printf("  hf disk full: %s\n", err);
         CHECK(hf_load(dir, &l, err, sizeof err) == 0 && l.params[0] == 3.0f && l.cfg.vocab_size == 1024);
         t5_model_free(&l);
@@ -1032,6 +1091,7 @@ static int write_model_(const char *run, const char *variant, const char *spm, l
 
 int main(int argc, char **argv) {
     int provided;
+    signal(SIGXFSZ, SIG_IGN);   /* under `ulimit -f`, a write past the limit fails (EFBIG) instead */
     LSAN_OFF();
     MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
     LSAN_ON();
@@ -1043,7 +1103,12 @@ int main(int argc, char **argv) {
         MPI_Finalize();
         return rc;
     }
-    const char *full = getenv("T5_CKPT_FULL_DIR");
+    const char *full = getenv("T5_CKPT_FULL_DIR"), *fsize = getenv("T5_CKPT_FSIZE_LIMIT");
+    if (full && fsize) {
+        /* `ulimit -f` from here on (Open MPI's own shared-memory files need more during init) */
+        struct rlimit rl = {(rlim_t)atol(fsize), (rlim_t)atol(fsize)};
+        if (setrlimit(RLIMIT_FSIZE, &rl) != 0) { perror("setrlimit"); MPI_Abort(MPI_COMM_WORLD, 1); }
+    }
     if (rank_ == 0) {
         /* tmpfs when there is one: these tests fsync hundreds of times (the real-disk path is
          * measured by --bench and exercised by tests/e2e/ckpt_faults.sh) */
@@ -1068,6 +1133,7 @@ int main(int argc, char **argv) {
             RUN(test_manifest_faults);
             RUN(test_manifest_fuzz);
             RUN(test_foreign_manifest);
+            RUN(test_doctored_manifest);
             RUN(test_retention);
             RUN(test_find_resume);
             RUN(test_hf_atomic);
