@@ -981,9 +981,12 @@ static void bench_(void) {
     Rng r = rng_make(1, 1);
     for (size_t i = 0; i < n; i++) p[i] = (float)(0.05 * rng_next_normal(&r));
     for (size_t i = 0; i < n / 64; i++) v[i] = (float)(1e-4 * rng_next_double(&r) * rng_next_double(&r));
-    CkptPiece pc[2] = {{"param/all", CKPT_F32, 1, {(int64_t)n, 0}, 0, n, p},
-                       {"adafactor_r/all", CKPT_F32, 1, {(int64_t)(n / 64), 0}, 0, n / 64, v}};
-    double raw = (double)(n + n / 64) * 4 / 1e6;
+    /* each rank writes its 1/W of both tensors (as ZeRO would); numbers are per rank */
+    size_t lo = n * (size_t)rank_ / (size_t)world_, hi = n * (size_t)(rank_ + 1) / (size_t)world_;
+    size_t lo2 = n / 64 * (size_t)rank_ / (size_t)world_, hi2 = n / 64 * (size_t)(rank_ + 1) / (size_t)world_;
+    CkptPiece pc[2] = {{"param/all", CKPT_F32, 1, {(int64_t)n, 0}, lo, hi - lo, p + lo},
+                       {"adafactor_r/all", CKPT_F32, 1, {(int64_t)(n / 64), 0}, lo2, hi2 - lo2, v + lo2}};
+    double raw = (double)(hi - lo + hi2 - lo2) * 4 / 1e6;
     char run[700], err[2048];
     float *back = xmalloc(n * 4);
     memset(back, 0, n * 4);   /* page it in: the load numbers are then the reader's own */
@@ -991,23 +994,30 @@ static void bench_(void) {
     for (int k = 0; k < 3; k++) {
         snprintf(run, sizeof run, "%s/bench%d", root_, levels[k]);
         CkptSaveArgs a = {.run_dir = run, .step = 1, .meta_json = "{}", .zstd_level = levels[k]};
+        MPI_Barrier(MPI_COMM_WORLD);
         double t0 = now_seconds();
         if (ckpt_save(MPI_COMM_WORLD, &a, pc, 2, err, sizeof err) != 0) { printf("bench: %s\n", err); return; }
         double t1 = now_seconds();
         Ckpt *ck = ckpt_open(step_dir_(run, 1), err, sizeof err);
         uint64_t st, rw;
         ckpt_sizes(ck, &st, &rw);
+        MPI_Barrier(MPI_COMM_WORLD);
         double t2 = now_seconds();
-        ckpt_read(ck, "param/all", 0, n, back, err, sizeof err);
-        ckpt_read(ck, "adafactor_r/all", 0, n / 64, back, err, sizeof err);
+        ckpt_read(ck, "param/all", lo, hi - lo, back, err, sizeof err);   /* this rank's part */
+        ckpt_read(ck, "adafactor_r/all", lo2, hi2 - lo2, back, err, sizeof err);
         double t3 = now_seconds();
         ckpt_close(ck);
-        printf("zstd level %d: %.0f MB raw, ratio %.3f, save %.0f MB/s (%.2f s incl. fsync), load %.0f MB/s\n",
-               levels[k], raw, (double)rw / (double)st, raw / (t1 - t0), t1 - t0, raw / (t3 - t2));
+        if (rank_ == 0)
+            printf("%d rank(s), zstd level %d: %.0f MB raw per rank, ratio %.3f, save %.0f MB/s per rank (%.2f s "
+                   "incl. fsync), load %.0f MB/s per rank\n", world_, levels[k], raw, (double)rw / (double)st,
+                   raw / (t1 - t0), t1 - t0, raw / (t3 - t2));
         fflush(stdout);
-        char cmd[800];
-        snprintf(cmd, sizeof cmd, "rm -rf %s", run);
-        sys_(cmd);
+        MPI_Barrier(MPI_COMM_WORLD);
+        if (rank_ == 0) {
+            char cmd[800];
+            snprintf(cmd, sizeof cmd, "rm -rf %s", run);
+            sys_(cmd);
+        }
     }
     snprintf(run, sizeof run, "%s/bencha", root_);
     CkptSaveArgs a = {.run_dir = run, .step = 1, .meta_json = "{}"};
@@ -1016,8 +1026,9 @@ static void bench_(void) {
     double t1 = now_seconds();
     ckpt_save_end(j, err, sizeof err);
     double t2 = now_seconds();
-    printf("background save (default level %d): stall (host copy) %.3f s, whole save %.2f s\n",
-           CKPT_DEFAULT_ZSTD_LEVEL, t1 - t0, t2 - t0);
+    if (rank_ == 0)
+        printf("%d rank(s), background save (default level %d): stall (host copy) %.3f s, whole save %.2f s\n",
+               world_, CKPT_DEFAULT_ZSTD_LEVEL, t1 - t0, t2 - t0);
     free(p); free(v); free(back);
 }
 
