@@ -65,6 +65,30 @@ grep -E '^(PASS|FAIL) ' "$T/ulimit.log" | sed 's/^\(PASS\|FAIL\) /\1 ulimit_/'
 grep -E '^  disk full:' "$T/ulimit.log" | head -1
 if [ $rc -ne 0 ] || ! grep -q '^PASS ' "$T/ulimit.log"; then fail ckpt_file_size_limit "rc=$rc: $(tail -5 "$T/ulimit.log")"; fi
 
+# 2c. SIGKILL at random instants of a save loop (1 and 2 ranks): latest always resumes with that
+#     step's exact contents, every committed step verifies; the next run cleans up and goes on
+for np in 1 2; do
+    CR=$T/crash$np
+    first=1 worst=0 kills=0
+    for i in 1 2 3 4 5 6; do
+        if [ $np = 1 ]; then "$TB" --save-loop "$CR" $first >"$T/loop.log" 2>&1 &
+        else setsid $MPIRUN "$TB" --save-loop "$CR" $first >"$T/loop.log" 2>&1 & fi
+        pid=$!
+        sleep "0.$(( (RANDOM % 9) + 1 ))$(( RANDOM % 10 ))"
+        # the whole job at once, as when a node dies: mpirun and its ranks share the session $pid
+        if [ $np = 1 ]; then kill -9 $pid; else pkill -9 -s $pid; fi
+        wait $pid 2>/dev/null
+        while [ $np = 2 ] && pgrep -s $pid >/dev/null; do sleep 0.1; done
+        kills=$((kills + 1))
+        "$TB" --check-run "$CR" >"$T/check.log" 2>&1
+        rc=$?
+        if [ $rc -ne 0 ]; then worst=1; fail "ckpt_kill9_np${np}_$i" "$(cat "$T/check.log")"; fi
+        s=$(ls "$CR/ckpt" 2>/dev/null | grep -E '^step_[0-9]+$' | sort | tail -1 | sed 's/step_0*//')
+        first=$(( ${s:-0} + 1 ))
+    done
+    [ $worst = 0 ] && pass "ckpt_kill9_np${np} ($kills kills mid-save, resumed each time)"
+done
+
 # 3. t5ckpt on a checkpoint written by two ranks
 RUN=$T/run
 if $MPIRUN "$TB" --write-model "$RUN" $VARIANT "$SPM" 40 >"$T/w.log" 2>&1; then
