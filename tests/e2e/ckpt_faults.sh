@@ -5,7 +5,8 @@
 #      background save next to collectives, faults in each shard)
 #   2. disk full: a 4 MiB tmpfs mounted here (root only; SKIP line otherwise): save fails with a
 #      clear error, the previous checkpoint loads, the next save commits; 1 and 2 ranks; and the
-#      same under `ulimit -f 1024` (EFBIG instead of ENOSPC)
+#      same under a 1 MiB file-size limit (EFBIG instead of ENOSPC)
+#   2c. SIGKILL of the whole job at random instants of a save loop, 1 and 2 ranks: resumes exactly
 #   3. t5ckpt info/verify/export on a 2-writer checkpoint of a real model: export equals the weights
 #      written directly (byte for byte, tokenizer files included), verifies and loads in t5eval;
 #      existing output folders refused without --force
