@@ -396,10 +396,11 @@ static int write_shard_(const char *path, int rank, int writers, long step, uint
     pieces = NULL;
     rc = 0;
     goto done;
-io_fail:
-    set_error(err, ERRMAX, "%s: write failed at byte %llu: %s (HINT: free space on this file system, "
-             "e.g. a smaller --keep-last, or another --run-dir)", path, (unsigned long long)pos,
-             strerror(errno ? errno : EIO));
+io_fail:;
+    int e = errno ? errno : EIO;
+    set_error(err, ERRMAX, "%s: write failed at byte %llu: %s (HINT: %s)", path, (unsigned long long)pos,
+              strerror(e), e == EFBIG ? "a file-size limit is in force (ulimit -f); lift it"
+              : "free space on this file system, e.g. a smaller --keep-last, or another --run-dir");
 fail:
     if (fd >= 0) close(fd);
 done:
@@ -639,8 +640,16 @@ int ckpt_save(MPI_Comm comm, const CkptSaveArgs *args, const CkptPiece *pieces, 
     if (agree_(comm, ok, err) != 0) goto cleanup;
     MPI_Bcast(&save_id, 1, MPI_UINT64_T, 0, comm);
 
-    /* 2. every rank writes and fsyncs its shard */
-    ok = write_shard_(shard, rank, size, args->step, save_id, level, pieces, n_pieces, table, err) == 0;
+    /* 2. every rank writes and fsyncs its shard (into the directory rank 0 made: RUN must be on
+     * a file system every rank shares) */
+    struct stat tst;
+    if (stat(tmpdir, &tst) != 0) {
+        set_error(err, ERRMAX, "%s (made by rank 0) is not visible here: %s (HINT: --run-dir must be on a "
+                  "file system shared by every rank)", tmpdir, strerror(errno));
+        ok = 0;
+    } else {
+        ok = write_shard_(shard, rank, size, args->step, save_id, level, pieces, n_pieces, table, err) == 0;
+    }
     if (agree_(comm, ok, err) != 0) goto cleanup;
     if (ckpt_test_crash_point == 1) { crashed = 1; set_error(err, ERRMAX, "simulated crash after the shards"); goto cleanup; }
 
@@ -707,8 +716,11 @@ int ckpt_save(MPI_Comm comm, const CkptSaveArgs *args, const CkptPiece *pieces, 
     rc = 0;
 
 cleanup:
+    /* every rank gets here together (each failure above is agreed on first); the others wait
+     * until rank 0 has removed step_N.tmp, so "failed" means "nothing left" on every rank */
     if (rc != 0 && rank == 0 && made_tmp && !crashed && rm_rf_(tmpdir) != 0)
         fprintf(stderr, "warning: %s: cannot remove after a failed save: %s\n", tmpdir, strerror(errno));
+    if (rc != 0) MPI_Barrier(comm);
     if (rc != 0) set_error(err_out, errlen, "checkpoint step %ld: %s", args->step, err);
     if (meta) json_decref(meta);
     json_decref(table);
@@ -1266,6 +1278,47 @@ done:
     free(text);
     free(lp);
     free(ckdir);
+    return rc;
+}
+
+static int usable_(const char *dir, int full_verify, char *err) {
+    if (full_verify) return ckpt_verify(dir, err, ERRMAX);
+    Ckpt *ck = ckpt_open(dir, err, ERRMAX);
+    ckpt_close(ck);
+    return ck ? 0 : -1;
+}
+
+int ckpt_find_resume(const char *run_dir, int full_verify, char *out, size_t outlen, char *note,
+                     size_t notelen, char *err_out, size_t errlen) {
+    char why[ERRMAX * 2] = "", e[ERRMAX], path[4096];
+    set_error(note, notelen, "%s", "");
+    long latest_step = -1;
+    if (ckpt_latest(run_dir, path, sizeof path, e, sizeof e) == 0) {
+        parse_step_name_(strrchr(path, '/') + 1, "", &latest_step);
+        if (usable_(path, full_verify, e) == 0) {
+            if ((size_t)snprintf(out, outlen, "%s", path) >= outlen) { set_error(err_out, errlen, "%s: path too long", path); return -1; }
+            return 0;
+        }
+    }
+    snprintf(why, sizeof why, "%s", e);
+    int n;
+    long *steps = ckpt_list_steps(run_dir, &n);
+    int rc = -1;
+    for (int i = 0; i < n && rc != 0; i++) {
+        if (steps[i] == latest_step) continue;
+        snprintf(path, sizeof path, "%s/ckpt/step_%08ld", run_dir, steps[i]);
+        if (usable_(path, full_verify, e) == 0) {
+            if ((size_t)snprintf(out, outlen, "%s", path) >= outlen) break;
+            set_error(note, notelen, "not resuming from latest (%s); using the newest checkpoint that %s "
+                      "instead: %s", why, full_verify ? "verifies" : "opens", path);
+            rc = 0;
+        } else {
+            size_t k = strlen(why);
+            if (k + 8 < sizeof why) snprintf(why + k, sizeof why - k, "; %s", e);
+        }
+    }
+    free(steps);
+    if (rc != 0) set_error(err_out, errlen, "%s/ckpt: no usable checkpoint (%d committed): %s", run_dir, n, why);
     return rc;
 }
 

@@ -40,7 +40,17 @@
  * fsyncs it; the piece tables are gathered to rank 0; rank 0 writes manifest.json (temp, fsync,
  * rename), fsyncs the directory, renames step_N.tmp -> step_N, fsyncs RUN/ckpt, then replaces
  * RUN/ckpt/latest (temp, fsync, rename, fsync dir). A crash at any instant leaves the previous
- * checkpoint intact and loadable; a leftover step_N.tmp is removed by the next save.
+ * checkpoint intact and loadable; every leftover step_*.tmp is removed by the next save (rank 0,
+ * before it writes anything). Saving a step that is already committed (e.g. again right after a
+ * resume) replaces it atomically (renameat2 RENAME_EXCHANGE). RUN must be on a file system that
+ * every rank sees (checked: a rank that cannot see step_N.tmp fails the save).
+ *
+ * Integrity: every piece carries xxh64 checksums of its stored and raw bytes (the raw one keyed by
+ * tensor name, shape and position), every shard a checksummed header tied to the manifest by a
+ * per-save id, the manifest its own checksum; the pieces of a shard tile it, so every byte of a
+ * checkpoint is covered by some check. Measured (ckpt/README.md): ~60M fp32 parameters + Adafactor
+ * state, 256 MB raw: ratio 1.19 at zstd level 1, save ~380 MB/s (fsync included), background save
+ * stall 0.1 s (the host copy).
  */
 #ifndef T5_CKPT_CKPT_H
 #define T5_CKPT_CKPT_H
@@ -96,7 +106,9 @@ int ckpt_save_end(CkptAsync *job, char *err, size_t errlen);   /* frees job; NUL
 typedef struct Ckpt Ckpt;
 
 /* Open a committed checkpoint directory (RUN/ckpt/step_N): read and verify manifest.json (its
- * checksum, format, version, every field's type). NULL with a message naming the file. */
+ * checksum, format, version, every field's type and range, each tensor's coverage by its pieces,
+ * the tiling of each shard). Shards are opened (size and header checked) when first read. NULL
+ * with a message naming the file. Not thread-safe: one Ckpt per thread. */
 Ckpt *ckpt_open(const char *step_dir, char *err, size_t errlen);
 void ckpt_close(Ckpt *ck);
 
@@ -120,13 +132,19 @@ void ckpt_sizes(const Ckpt *ck, uint64_t *stored_bytes, uint64_t *raw_bytes);
 int ckpt_read(Ckpt *ck, const char *name, size_t elem_offset, size_t numel, void *out,
               char *err, size_t errlen);
 
-/* Check every piece of every shard (decompress, checksum, coverage of each tensor with no gap or
- * overlap). 0, or -1 with the first fault named (file and tensor). */
+/* ckpt_open, then every shard's size and header and every piece (stored checksum, zstd frame,
+ * decompressed size, raw checksum). 0, or -1 with the first fault named (file and tensor). */
 int ckpt_verify(const char *step_dir, char *err, size_t errlen);
 
 /* ---- run-directory helpers ---- */
 /* Path of RUN/ckpt/<name in latest> into out. 0, or -1 if there is none (message in err). */
 int ckpt_latest(const char *run_dir, char *out, size_t outlen, char *err, size_t errlen);
+/* The checkpoint to resume from: the one `latest` names if it opens (with full_verify: if it
+ * passes ckpt_verify); otherwise, loudly, the newest committed step that does: then note says
+ * what was skipped and why (note is "" when latest was used). 0 with the directory in out; -1 if
+ * RUN has no usable checkpoint (err lists why each candidate failed). */
+int ckpt_find_resume(const char *run_dir, int full_verify, char *out, size_t outlen, char *note,
+                     size_t notelen, char *err, size_t errlen);
 /* Committed steps in RUN/ckpt, newest first (malloc'ed; caller frees). Count in *n. */
 long *ckpt_list_steps(const char *run_dir, int *n);
 /* Retention after a commit (rank 0 only, no save in flight): keep the newest keep_last (0 = all)

@@ -21,6 +21,7 @@
  * refused unless --force is given (then it is replaced whole, atomically). Exit status 0 on
  * success, 1 on any error (message on stderr), 2 on a usage error.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -88,6 +89,14 @@ static int is_file_(const char *dir, const char *name) {
 static int ckpt_dir_of_(const char *dir, char *out, size_t n) {
     if (is_file_(dir, "manifest.json")) { snprintf(out, n, "%s", dir); return 1; }
     if (is_file_(dir, "config.json")) return 0;
+    DIR *d = opendir(dir);   /* shards without a manifest: a damaged or uncommitted checkpoint */
+    if (d) {
+        struct dirent *e;
+        int shards = 0;
+        while ((e = readdir(d))) shards += !strncmp(e->d_name, "shard-", 6) && strstr(e->d_name, ".zst");
+        closedir(d);
+        if (shards) { snprintf(out, n, "%s", dir); return 1; }
+    }
     char latest[4096];
     snprintf(latest, sizeof latest, "%s/ckpt/latest", dir);
     struct stat st;
