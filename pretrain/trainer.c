@@ -101,6 +101,8 @@ void trainer_install_signal_handlers(void) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL);
+    /* past a file-size limit (ulimit -f) a save fails with EFBIG and a message instead of a kill */
+    signal(SIGXFSZ, SIG_IGN);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -614,22 +616,9 @@ static int state_pieces_(const Trainer *t, int i, StatePiece out[2]) {
     return 1;
 }
 
-static char *config_json_(const T5Config *c) {
-    json_t *o = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:b, s:f}",
-                          "name", c->name, "d_model", c->d_model, "d_kv", c->d_kv, "d_ff", c->d_ff,
-                          "num_layers", c->n_enc_layers, "num_decoder_layers", c->n_dec_layers,
-                          "num_heads", c->n_heads, "relative_attention_num_buckets", c->num_buckets,
-                          "relative_attention_max_distance", c->max_distance, "vocab_size", c->vocab_size,
-                          "feed_forward_proj", c->ffn == T5_FFN_GATED_GELU ? "gated-gelu" : "relu",
-                          "tie_word_embeddings", c->tied_embedding, "layer_norm_epsilon", (double)c->layer_norm_eps);
-    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
-    json_decref(o);
-    return s;
-}
-
 /* The meta object of the manifest (rank 0). */
 static char *meta_json_(const Trainer *t) {
-    char *opts = options_to_json(&t->o), *cfg = config_json_(&t->cfg);
+    char *opts = options_to_json(&t->o), *cfg = hf_config_to_json(&t->cfg);
     json_error_t je;
     json_t *meta = json_object();
     json_object_set_new(meta, "variant", json_string(t->cfg.name));
@@ -763,41 +752,13 @@ static int finish_background_save_(Trainer *t) {
     return 0;
 }
 
-/* Open the newest checkpoint of RUN_DIR that verifies; loudly say when it is not `latest`. */
+/* Open the newest checkpoint of RUN_DIR that verifies (ckpt_find_resume); loudly say when it is
+ * not the one `latest` names. */
 static Ckpt *open_resume_checkpoint_(const char *run_dir, int verbose, char *err, size_t errlen) {
-    char latest[1400], e2[2048];
-    int nsteps = 0;
-    long *steps = ckpt_list_steps(run_dir, &nsteps);
-    if (ckpt_latest(run_dir, latest, sizeof latest, e2, sizeof e2) != 0 && nsteps == 0) {
-        free(steps);
-        set_error(err, errlen, "--resume: %s holds no checkpoint (%s); start without --resume", run_dir, e2);
-        return NULL;
-    }
-    char tried[4096] = "";
-    size_t used = 0;
-    Ckpt *ck = NULL;
-    /* latest first, then every committed step newest first */
-    for (int k = -1; k < nsteps && !ck; k++) {
-        char dir[1400];
-        if (k < 0) {
-            if (ckpt_latest(run_dir, dir, sizeof dir, e2, sizeof e2) != 0) continue;
-        } else {
-            snprintf(dir, sizeof dir, "%s/ckpt/step_%08ld", run_dir, steps[k]);
-            if (!strcmp(dir, latest)) continue;
-        }
-        if (ckpt_verify(dir, e2, sizeof e2) == 0) ck = ckpt_open(dir, e2, sizeof e2);
-        if (!ck) {
-            if (verbose) fprintf(stderr, "t5pretrain: WARNING: checkpoint %s does not verify: %s\n", dir, e2);
-            if (used < sizeof tried) used += (size_t)snprintf(tried + used, sizeof tried - used, "%s%s", used ? ", " : "", dir);
-        } else if (used && verbose) {
-            fprintf(stderr, "t5pretrain: WARNING: resuming from the older checkpoint %s because %s failed verification\n",
-                    dir, tried);
-        }
-    }
-    free(steps);
-    if (!ck) set_error(err, errlen, "--resume: no checkpoint of %s verifies (tried %s); see the messages above",
-                       run_dir, tried);
-    return ck;
+    char dir[1400], note[2048] = "";
+    if (ckpt_find_resume(run_dir, 1, dir, sizeof dir, note, sizeof note, err, errlen) != 0) return NULL;
+    if (note[0] && verbose) fprintf(stderr, "t5pretrain: WARNING: %s\n", note);
+    return ckpt_open(dir, err, errlen);
 }
 
 /* Read the options saved in a checkpoint (for --resume's base). malloc'ed JSON text or NULL. */
