@@ -352,6 +352,8 @@ void dp_finish(DpReducer *r) {
     if (!r->active) mpi_fatal("a bug in the caller", "dp_finish without dp_begin");
     double t0 = now_();
     lock_(r);
+    r->st.ops = r->n_ops;
+    r->st.ops_done_before_finish = r->first_open;
     while (r->next_bucket < r->nb) start_bucket_(r, r->next_bucket++);
     r->active = 0;   /* the thread stops touching requests */
     unlock_(r);

@@ -110,11 +110,14 @@ double dp_sum_squares_owned(DpReducer *r, const float *grads, int *finite);
 /* Measurements of the last step. wait_s: seconds blocked in dp_finish; reduce_s: from the first
  * bucket's start to the completion of the last as observed (dp_finish's end); bytes reduced;
  * buckets; started_early: buckets started before dp_finish; progress_tests: MPI_Test calls made
- * by dp_progress or the thread; allgather_s: seconds in the last dp_allgather_params. */
+ * by dp_progress or the thread; ops: non-blocking calls per step; ops_done_before_finish: those
+ * seen complete before dp_finish (overlap that worked); allgather_s: seconds in the last
+ * dp_allgather_params. */
 typedef struct {
     double wait_s, reduce_s;
     double bytes;
     int buckets, started_early;
+    int ops, ops_done_before_finish;
     long progress_tests;
     double allgather_s;
 } DpStats;
