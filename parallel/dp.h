@@ -14,23 +14,29 @@
  * all its tensors are ready and buckets 0..k-1 have started. That keeps the sequence of
  * collectives identical on every rank whatever the ready order (MPI requires it). Open MPI 4.1
  * progresses non-blocking collectives only inside MPI calls, so the backward calls dp_progress()
- * often (between layers; a few MPI_Test calls, nothing when nothing is in flight), or the reducer
+ * often (between layers; one MPI_Testall per op in flight, nothing when nothing is), or the reducer
  * runs a communication thread (dp_reducer_progress_thread). dp_finish() starts every bucket not
  * started yet (so "dp_begin; dp_finish" without any dp_tensor_ready is a correct, unoverlapped
  * reduction) and waits for all, each wait with the T5_MPI_TIMEOUT deadline (mpi_check.h).
  *
- * zero = 0: every rank ends with the SUM over dp ranks of every tensor's gradient
- *           (MPI_Iallreduce per bucket, in place; adjacent tensors merged into one call).
+ * The reduction is point-to-point (MPI_Isend/MPI_Irecv): each run of adjacent floats has a root
+ * rank; the others send it their copy, the root sums ALL copies IN RANK ORDER
+ * (x_0 + x_1 + ... + x_{dp-1}, fp32, left to right) and, for zero=0, sends the sum back.
+ * zero = 0: every rank ends with the SUM over dp ranks of every tensor's gradient. Runs are cut
+ *           into dp chunks rooted at different ranks (reduce-scatter + allgather traffic).
  * zero = 1: every tensor has one owner (dp_plan_owners: largest first, each to the least-loaded
  *           rank, ties to the lowest rank); the owner ends with the summed gradient of its
- *           tensors (MPI_Ireduce per tensor to the owner, in place; other ranks' copies are left
- *           as they were), updates them, then dp_allgather_params() broadcasts each tensor from
- *           its owner (MPI_Ibcast) so every rank has the updated parameters.
+ *           tensors (other ranks' copies are left as they were), updates them, then
+ *           dp_allgather_params() broadcasts each tensor from its owner (MPI_Ibcast) so every
+ *           rank has the updated parameters.
  * The caller scales (e.g. by 1/global_tokens) after the reduction; the reducer only sums.
  *
- * Summation order is fixed for a given dp size and table (the same bits run after run). For
- * dp <= 2 zero=0 and zero=1 give identical bits (a+b = b+a); for dp > 2 Open MPI's allreduce
- * and reduce algorithms may associate differently (equal up to summation order).
+ * Summation order is one fixed order for every dp size, zero 0 and 1, overlap or not, thread or
+ * not: results are bit-identical between zero=0 and zero=1 and to a serial fp32 sum over ranks
+ * 0, 1, ... in order, run after run.
+ *
+ * Memory: besides the caller's buffer, each rank holds a staging arena of (dp-1) x the floats
+ * it roots (~(dp-1)/dp of the gradient buffer; allocated once, at create, when dp > 1).
  *
  * dp size 1 is a no-op path: nothing is started, dp_finish returns at once, every tensor is
  * owned by rank 0.
@@ -72,7 +78,8 @@ typedef struct DpReducer DpReducer;
  * tables, zero and bucket_bytes are compared (one small allreduce); a mismatch is fatal. */
 DpReducer *dp_reducer_create(MPI_Comm dp, const DpTensor *tensors, int n_tensors, int zero,
                              size_t bucket_bytes);
-void dp_reducer_free(DpReducer *r);   /* stops the progress thread; NULL is fine */
+/* Stops the progress thread; completes a step still in flight (collective then); NULL is fine. */
+void dp_reducer_free(DpReducer *r);
 
 int dp_owner(const DpReducer *r, int tensor);   /* ZeRO-1 owner (dp rank); 0..dp-1; zero=0: -1 */
 /* Tensors this rank updates, ascending table order, into idx (may be NULL; room for n_tensors):
@@ -83,8 +90,8 @@ int dp_n_buckets(const DpReducer *r);
 int dp_size(const DpReducer *r);
 int dp_rank(const DpReducer *r);
 
-/* Start a communication thread that calls MPI_Test every period_ms (e.g. 1.0) while a step's
- * reductions are in flight (between dp_begin and dp_finish). Needs MPI_THREAD_MULTIPLE: returns
+/* Start a communication thread that advances the reductions (MPI_Testall, the root's sums)
+ * every period_ms (e.g. 1.0) while a step's reductions are in flight (between dp_begin and dp_finish). Needs MPI_THREAD_MULTIPLE: returns
  * -1 (and no thread) when MPI was initialised with less; 0 when started; dp size 1: 0, no thread.
  * With the thread, dp_progress() is still allowed (it then does nothing). */
 int dp_reducer_progress_thread(DpReducer *r, double period_ms);
@@ -109,8 +116,8 @@ double dp_sum_squares_owned(DpReducer *r, const float *grads, int *finite);
 
 /* Measurements of the last step. wait_s: seconds blocked in dp_finish; reduce_s: from the first
  * bucket's start to the completion of the last as observed (dp_finish's end); bytes reduced;
- * buckets; started_early: buckets started before dp_finish; progress_tests: MPI_Test calls made
- * by dp_progress or the thread; ops: non-blocking calls per step; ops_done_before_finish: those
+ * buckets; started_early: buckets started before dp_finish; progress_tests: MPI_Testall calls
+ * made by dp_progress or the thread; ops: non-blocking calls per step; ops_done_before_finish: those
  * seen complete before dp_finish (overlap that worked); allgather_s: seconds in the last
  * dp_allgather_params. */
 typedef struct {

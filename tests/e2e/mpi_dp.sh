@@ -38,7 +38,7 @@ for np in 2 4; do
     else fail "rank_killed_job_ends_np$np" "rc=$rc after=${after}s: $(tail -5 "$T/kill$np.log")"; fi
     if grep -q 'process rank 1 .*exited on signal 9' "$T/kill$np.log"; then pass "rank_killed_names_rank_np$np"
     else fail "rank_killed_names_rank_np$np" "$(tail -8 "$T/kill$np.log")"; fi
-    if grep -qE '^rank [0-9]+ step 7: signal 15 while waiting in dp bucket [0-9]+/8 MPI_Iallreduce' "$T/kill$np.log"; then
+    if grep -qE '^rank [0-9]+ step 7: signal 15 while waiting in dp bucket [0-9]+/8 op [0-9]+: MPI_I(send|recv) [0-9]+ floats (to|from) rank [0-9]+' "$T/kill$np.log"; then
         pass "rank_killed_names_collective_np$np"
     else fail "rank_killed_names_collective_np$np" "$(tail -8 "$T/kill$np.log")"; fi
 done
@@ -49,7 +49,23 @@ T5_MPI_TIMEOUT=2 timeout 60 "${MPIRUN[@]}" -np 2 build/tests/test_dp --absent-ra
 el=$(echo "$(now) - $t0" | bc)
 echo "measured: T5_MPI_TIMEOUT=2 with an absent peer: job ended after ${el}s, rc $rc"
 if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && (( $(echo "$el >= 2 && $el < 20" | bc) )) &&
-   grep -qE '^fatal: rank 0 step 7: timed out after 2\.[0-9] s waiting for dp bucket 0/8 MPI_Iallreduce' "$T/absent.log" &&
+   grep -qE '^fatal: rank 0 step 7: timed out after 2\.[0-9] s waiting for dp bucket 0/8 op [0-9]+: MPI_I(send|recv) ' "$T/absent.log" &&
    grep -q '^HINT: ' "$T/absent.log"; then
     pass mpi_wait_timeout_names_collective
 else fail mpi_wait_timeout_names_collective "rc=$rc el=${el}s: $(tail -8 "$T/absent.log")"; fi
+
+# --- a failing MPI call: MPI_CHECK names rank, step, call, place and MPI's error, then aborts ----
+t0=$(now)
+timeout 60 "${MPIRUN[@]}" -np 2 build/tests/test_dp --bad-call >"$T/bad.log" 2>&1; rc=$?
+el=$(echo "$(now) - $t0" | bc)
+if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && (( $(echo "$el < 20" | bc) )) &&
+   grep -qE '^fatal: rank 0 step 3: MPI_Send\(.*\) failed at tests/unit/test_dp\.c:[0-9]+: .*rank' "$T/bad.log" &&
+   grep -q '^HINT: ' "$T/bad.log" && grep -q 'MPI_ABORT was invoked on rank 0' "$T/bad.log"; then
+    pass mpi_check_names_failed_call
+else fail mpi_check_names_failed_call "rc=$rc el=${el}s: $(tail -8 "$T/bad.log")"; fi
+
+# --- the benchmark runs (tiny sizes; the numbers are in parallel/README.md) ----------------------
+out=$(timeout 120 "${MPIRUN[@]}" -np 2 "$BIN/t5dpbench" --floats 3e6 --bucket-mb 2 --compute-ms 60 --reps 1 2>&1); rc=$?
+if [ "$rc" -eq 0 ] && for m in compute blocking allreduce no-progress progress thread; do echo "$out" | grep -q "^$m "; done; then
+    pass t5dpbench_runs
+else fail t5dpbench_runs "rc=$rc: $out"; fi
