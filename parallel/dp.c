@@ -278,6 +278,7 @@ void dp_reducer_free(DpReducer *r) {
 
 int dp_owner(const DpReducer *r, int tensor) { return r->zero ? r->owner[tensor] : -1; }
 int dp_n_buckets(const DpReducer *r) { return r->nb; }
+size_t dp_staging_bytes(const DpReducer *r) { return r->size > 1 ? r->arena_len * sizeof(float) : 0; }
 int dp_size(const DpReducer *r) { return r->size; }
 int dp_rank(const DpReducer *r) { return r->rank; }
 

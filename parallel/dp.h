@@ -87,6 +87,7 @@ int dp_owner(const DpReducer *r, int tensor);   /* ZeRO-1 owner (dp rank); 0..dp
  * over exactly these (pretrain/optim.h keeps state only for the tensors it is given). */
 int dp_owned_tensors(const DpReducer *r, int *idx);
 int dp_n_buckets(const DpReducer *r);
+size_t dp_staging_bytes(const DpReducer *r);   /* the staging arena (0 when dp size is 1) */
 int dp_size(const DpReducer *r);
 int dp_rank(const DpReducer *r);
 

@@ -331,6 +331,13 @@ static void test_zero1_owners_and_update(void) {
     MPI_Allreduce(MPI_IN_PLACE, cnt, tb.n, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
     for (int i = 0; i < tb.n; i++) { CHECK_EQ_INT(cnt[i], 1); CHECK_EQ_INT(dp_owner(z, i), own[i]); CHECK_EQ_INT(dp_owner(a, i), -1); }
     CHECK_EQ_INT(dp_owned_tensors(a, NULL), tb.n);
+    /* staging: (dp-1) x the floats a rank roots; summed over ranks (dp-1) x all floats */
+    size_t all = 0;
+    for (int i = 0; i < tb.n; i++) all += tb.t[i].numel;
+    unsigned long long stg[2] = {dp_staging_bytes(z), dp_staging_bytes(a)};
+    MPI_Allreduce(MPI_IN_PLACE, stg, 2, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
+    CHECK_EQ_INT(stg[0], (unsigned long long)(wsize_ - 1) * all * 4);
+    CHECK_EQ_INT(stg[1], (unsigned long long)(wsize_ - 1) * all * 4);
     for (int integer = 1; integer >= 0; integer--) {
         for (int ready = 0; ready < 3; ready++) {
             fill_(&tb, g, wrank_, integer, 3);
