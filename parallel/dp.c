@@ -15,7 +15,10 @@
  * Roots: zero=1, the tensor's owner (runs merge only tensors of one owner). zero=0, a run of
  * >= 64K floats per rank is cut into dp equal chunks, chunk c rooted at rank c (reduce-scatter
  * + allgather traffic); smaller runs are rooted round-robin. Either way each rank roots ~1/dp of
- * the floats, and its staging arena holds (dp-1) x the floats it roots (allocated once).
+ * the floats. Staging: two slots, each (dp-1) x the floats this rank roots in the largest bucket;
+ * bucket k uses slot k % 2, and a root posts bucket k's receives only after it has summed
+ * buckets k-2, k-4, ... (until then the op waits in OP_WAIT_SLOT; the peers' sends simply wait for the
+ * receive). So staging stays ~2 buckets, not a copy of the gradient.
  *
  * Bucket k's ops are op_first[k]..op_first[k+1]-1. Buckets start in order, so the started ops
  * are a prefix 0..started_ops-1; those before first_open are done. Each op has dp-1 request
@@ -36,14 +39,15 @@
 
 #include "parallel/mpi_check.h"
 
-enum { OP_IDLE = 0, OP_PHASE1, OP_PHASE2, OP_DONE };
+enum { OP_IDLE = 0, OP_WAIT_SLOT, OP_PHASE1, OP_PHASE2, OP_DONE };
 
 typedef struct {
     size_t offset;   /* first float */
     int count;       /* floats, <= INT_MAX */
     int root;        /* the rank that sums (ZeRO-1: the owner) */
     int bucket;
-    size_t stage;    /* root only: first float of its (dp-1) x count staging floats */
+    size_t stage;    /* root only: first float of its (dp-1) x count staging floats in its
+                        bucket's slot */
 } DpOp;
 
 struct DpReducer {
@@ -63,8 +67,10 @@ struct DpReducer {
     int n_ops;
     int *state;            /* n_ops */
     MPI_Request *req;      /* n_ops * (size - 1) */
-    float *arena;          /* staging for the ops this rank roots */
-    size_t arena_len;
+    float *arena;          /* staging: 2 slots of slot_len floats, bucket k uses slot k % 2 */
+    size_t arena_len, slot_len, slot_fill;
+    int *root_ops;         /* nb: ops this rank roots in bucket k */
+    int *root_open;        /* nb: of those, not summed yet in this step */
     int rr;                /* round-robin root of small zero=0 runs (planning only) */
     double *sq;            /* n; per-tensor sums of squares */
     /* step state */
@@ -160,7 +166,11 @@ static void add_op_(DpReducer *r, int *cap, size_t off, size_t len, int root, in
         }
         DpOp *op = &r->ops[r->n_ops++];
         *op = (DpOp){off, (int)c, root, k, 0};
-        if (root == r->rank) { op->stage = r->arena_len; r->arena_len += c * (size_t)(r->size - 1); }
+        if (root == r->rank) {
+            op->stage = r->slot_fill;
+            r->slot_fill += c * (size_t)(r->size - 1);
+            if (r->slot_fill > r->slot_len) r->slot_len = r->slot_fill;
+        }
         off += c;
         len -= c;
     }
@@ -169,6 +179,7 @@ static void add_op_(DpReducer *r, int *cap, size_t off, size_t len, int root, in
 /* Append the ops of bucket k (backward order inside it: highest tensor first). */
 static void plan_ops_(DpReducer *r, int k, int *cap) {
     const DpBucket *b = &r->b[k];
+    r->slot_fill = 0;
     for (int i = b->last; i >= b->first; ) {
         /* A run: tensors j..i adjacent in memory (tensor j ends where j+1 begins); ZeRO-1: of one
          * owner. */
@@ -224,6 +235,11 @@ DpReducer *dp_reducer_create(MPI_Comm dp, const DpTensor *tensors, int n_tensors
         plan_ops_(r, k, &cap);
     }
     r->op_first[r->nb] = r->n_ops;
+    r->arena_len = r->slot_len * (r->nb > 1 ? 2 : 1);
+    r->root_ops = xcalloc_((size_t)r->nb, sizeof *r->root_ops, "dp root counts");
+    r->root_open = xcalloc_((size_t)r->nb, sizeof *r->root_open, "dp root counters");
+    for (int o = 0; o < r->n_ops; o++)
+        if (r->ops[o].root == r->rank) r->root_ops[r->ops[o].bucket]++;
     size_t nreq = (size_t)r->n_ops * (size_t)(r->size - 1);
     r->req = xcalloc_(nreq, sizeof *r->req, "dp requests");
     for (size_t k = 0; k < nreq; k++) r->req[k] = MPI_REQUEST_NULL;
@@ -231,8 +247,8 @@ DpReducer *dp_reducer_create(MPI_Comm dp, const DpTensor *tensors, int n_tensors
     if (r->size > 1) {
         r->arena = malloc((r->arena_len ? r->arena_len : 1) * sizeof *r->arena);
         if (!r->arena)
-            mpi_fatal("the staging arena holds (dp-1)/dp of the gradient floats: free memory or "
-                      "use fewer ranks per node", "cannot allocate %zu MB of dp staging",
+            mpi_fatal("the staging arena holds 2 x (dp-1) x the floats a rank roots in one bucket: "
+                      "free memory or lower the bucket size", "cannot allocate %zu MB of dp staging",
                       r->arena_len * sizeof(float) >> 20);
         int *ub = NULL, flag = 0;
         MPI_CHECK(MPI_Comm_get_attr(r->comm, MPI_TAG_UB, &ub, &flag));
@@ -273,6 +289,7 @@ void dp_reducer_free(DpReducer *r) {
     MPI_CHECK(MPI_Comm_free(&r->comm));
     free(r->t); free(r->owner); free(r->bucket_of); free(r->ready); free(r->sq); free(r->b);
     free(r->pending); free(r->op_first); free(r->ops); free(r->req); free(r->state); free(r->arena);
+    free(r->root_ops); free(r->root_open);
     free(r);
 }
 
@@ -300,7 +317,7 @@ static void sum_op_(DpReducer *r, const DpOp *op) {
     enum { BLK = 2048 };
     float acc[BLK];
     float *g = r->grads + op->offset;
-    const float *stage = r->arena + op->stage;
+    const float *stage = r->arena + (size_t)(op->bucket % 2) * r->slot_len + op->stage;
     int p = r->size, me = r->rank;
     for (size_t j0 = 0; j0 < (size_t)op->count; j0 += BLK) {
         size_t m = (size_t)op->count - j0 < BLK ? (size_t)op->count - j0 : BLK;
@@ -313,16 +330,36 @@ static void sum_op_(DpReducer *r, const DpOp *op) {
     }
 }
 
+/* A root op's slot is free once this rank has summed every op it roots in the earlier buckets
+ * of the same slot (k-2, k-4, ...: not only k-2, which may have no ops rooted here). */
+static int slot_free_(const DpReducer *r, int bucket) {
+    for (int j = bucket - 2; j >= 0; j -= 2)
+        if (r->root_open[j] != 0) return 0;
+    return 1;
+}
+
+static void post_root_recvs_(DpReducer *r, int o) {
+    const DpOp *op = &r->ops[o];
+    MPI_Request *q = &r->req[(size_t)o * (size_t)(r->size - 1)];
+    float *stage = r->arena + (size_t)(op->bucket % 2) * r->slot_len + op->stage;
+    for (int peer = 0, k = 0; peer < r->size; peer++) {
+        if (peer == r->rank) continue;
+        MPI_CHECK(MPI_Irecv(stage + (size_t)k * (size_t)op->count, op->count, MPI_FLOAT, peer,
+                            TAG_(o, 0), r->comm, &q[k]));
+        k++;
+    }
+    r->state[o] = OP_PHASE1;
+}
+
+/* Post op o's phase 1: the root's receives (or OP_WAIT_SLOT until its slot is free; the peers'
+ * sends then wait for the matching receive), the others' send. */
 static void start_op_(DpReducer *r, int o) {
     const DpOp *op = &r->ops[o];
     MPI_Request *q = &r->req[(size_t)o * (size_t)(r->size - 1)];
     if (op->root == r->rank) {
-        for (int peer = 0, k = 0; peer < r->size; peer++) {
-            if (peer == r->rank) continue;
-            MPI_CHECK(MPI_Irecv(r->arena + op->stage + (size_t)k * (size_t)op->count, op->count,
-                                MPI_FLOAT, peer, TAG_(o, 0), r->comm, &q[k]));
-            k++;
-        }
+        if (slot_free_(r, op->bucket)) post_root_recvs_(r, o);
+        else r->state[o] = OP_WAIT_SLOT;
+        return;
     } else {
         MPI_CHECK(MPI_Isend(r->grads + op->offset, op->count, MPI_FLOAT, op->root, TAG_(o, 0),
                             r->comm, &q[0]));
@@ -334,6 +371,10 @@ static void start_op_(DpReducer *r, int o) {
 static int advance_op_(DpReducer *r, int o) {
     if (r->state[o] == OP_DONE) return 1;
     const DpOp *op = &r->ops[o];
+    if (r->state[o] == OP_WAIT_SLOT) {
+        if (!slot_free_(r, op->bucket)) return 0;
+        post_root_recvs_(r, o);
+    }
     int nq = r->size - 1, done = 0;
     MPI_Request *q = &r->req[(size_t)o * (size_t)nq];
     MPI_CHECK(MPI_Testall(nq, q, &done, MPI_STATUSES_IGNORE));
@@ -341,7 +382,7 @@ static int advance_op_(DpReducer *r, int o) {
     if (!done) return 0;
     int root = op->root == r->rank;
     if (r->state[o] == OP_PHASE1) {
-        if (root) sum_op_(r, op);
+        if (root) { sum_op_(r, op); r->root_open[op->bucket]--; }
         if (r->zero) { r->state[o] = OP_DONE; return 1; }
         if (root) {
             for (int peer = 0, k = 0; peer < r->size; peer++) {
@@ -364,8 +405,10 @@ static int advance_op_(DpReducer *r, int o) {
 /* Advance every open op; move first_open past the done ones. Caller holds the lock (thread) or
  * is the only user. */
 static void progress_all_(DpReducer *r) {
+    double t0 = now_();
     for (int o = r->first_open; o < r->started_ops; o++) advance_op_(r, o);
     while (r->first_open < r->started_ops && r->state[r->first_open] == OP_DONE) r->first_open++;
+    r->st.progress_s += now_() - t0;
 }
 
 static void *progress_main_(void *arg) {
@@ -424,6 +467,7 @@ void dp_begin(DpReducer *r, float *grads) {
     r->next_bucket = 0;
     r->started_ops = r->first_open = 0;
     memset(r->state, 0, (size_t)r->n_ops * sizeof *r->state);
+    memcpy(r->root_open, r->root_ops, (size_t)r->nb * sizeof *r->root_open);
     r->active = 1;
     unlock_(r);
 }
@@ -467,6 +511,8 @@ void dp_finish(DpReducer *r) {
     int nq = r->size - 1;
     for (int o = r->first_open; o < r->n_ops; o++) {
         while (!advance_op_(r, o)) {
+            if (r->state[o] == OP_WAIT_SLOT)   /* ops are waited in order: cannot happen */
+                mpi_fatal("a bug in parallel/dp.c", "dp op %d still waits for its staging slot", o);
             MPI_Request *q = &r->req[(size_t)o * (size_t)nq];
             int k = 0;
             while (k < nq && q[k] == MPI_REQUEST_NULL) k++;

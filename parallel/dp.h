@@ -35,8 +35,9 @@
  * not: results are bit-identical between zero=0 and zero=1 and to a serial fp32 sum over ranks
  * 0, 1, ... in order, run after run.
  *
- * Memory: besides the caller's buffer, each rank holds a staging arena of (dp-1) x the floats
- * it roots (~(dp-1)/dp of the gradient buffer; allocated once, at create, when dp > 1).
+ * Memory: besides the caller's buffer, each rank holds a staging arena of two slots, each
+ * (dp-1) x the floats it roots in the largest bucket (dp_staging_bytes; about 2 x (dp-1)/dp x
+ * the largest bucket; allocated once, at create, when dp > 1).
  *
  * dp size 1 is a no-op path: nothing is started, dp_finish returns at once, every tensor is
  * owned by rank 0.
@@ -99,7 +100,9 @@ int dp_reducer_progress_thread(DpReducer *r, double period_ms);
 
 /* Start of a step's last micro-batch backward: grads is the buffer reductions will run on. */
 void dp_begin(DpReducer *r, float *grads);
-/* Tensor's gradient is final; marking a tensor twice in one step is fatal (a caller bug). */
+/* Tensor's gradient is final; marking a tensor twice in one step is fatal (a caller bug). From
+ * this call until dp_finish returns, MPI may read and write that tensor's gradient: the caller
+ * must neither write nor read it. */
 void dp_tensor_ready(DpReducer *r, int tensor);
 void dp_progress(DpReducer *r);
 void dp_finish(DpReducer *r);
@@ -118,7 +121,8 @@ double dp_sum_squares_owned(DpReducer *r, const float *grads, int *finite);
 /* Measurements of the last step. wait_s: seconds blocked in dp_finish; reduce_s: from the first
  * bucket's start to the completion of the last as observed (dp_finish's end); bytes reduced;
  * buckets; started_early: buckets started before dp_finish; progress_tests: MPI_Testall calls
- * made by dp_progress or the thread; ops: non-blocking calls per step; ops_done_before_finish: those
+ * made by dp_progress or the thread; progress_s: seconds spent in them (MPI tests and the roots'
+ * sums); ops: non-blocking calls per step; ops_done_before_finish: those
  * seen complete before dp_finish (overlap that worked); allgather_s: seconds in the last
  * dp_allgather_params. */
 typedef struct {
@@ -127,6 +131,7 @@ typedef struct {
     int buckets, started_early;
     int ops, ops_done_before_finish;
     long progress_tests;
+    double progress_s;
     double allgather_s;
 } DpStats;
 void dp_last_stats(const DpReducer *r, DpStats *st);

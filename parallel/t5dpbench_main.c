@@ -26,6 +26,8 @@
  *              not count; one node, one clock)
  *   step_s     the slowest rank's loop + reduction
  *   hidden     1 - wait / blocking wait
+ *   mpi_tests  MPI_Testall calls by dp_progress or the thread (rank 0, per step)
+ *   progress_s seconds rank 0 spent in them (tests and the roots' sums)
  *   done_early reductions (ops) seen complete before dp_finish, of all ops
  * The loop itself slows down when communication competes for the same cores and memory
  * bandwidth (on a 2-core machine the copies and sums of the reduction are CPU work either way);
@@ -146,18 +148,20 @@ int main(int argc, char **argv) {
         if (ready_at[k] < 0) ready_at[k] = 0;
     }
     if (rank == 0) {
-        printf("t5dpbench: %d ranks, %d tensors, %.1fM floats (%.0f MB), %d buckets of %.0f MB, zero %d\n",
-               size, n, total / 1e6, total * 4 / 1048576.0, dp_n_buckets(r), bucket_mb, zero);
+        printf("t5dpbench: %d ranks, %d tensors, %.1fM floats (%.0f MB), %d buckets of %.0f MB, zero %d, "
+               "staging %.0f MB per rank\n", size, n, total / 1e6, total * 4 / 1048576.0, dp_n_buckets(r),
+               bucket_mb, zero, dp_staging_bytes(r) / 1048576.0);
         printf("compute: %d sgemm %dx%dx%d (%.2f ms each, 1 BLAS thread per rank), median of %d\n",
                n_gemm, gemm_n, gemm_n, gemm_n, per_gemm * 1e3, reps);
-        printf("%-12s %8s %8s %8s %8s %9s %10s %11s\n", "mode", "loop_s", "wait_s", "step_s",
-               "hidden", "mpi_tests", "done_early", "allgather_s");
+        printf("%-12s %8s %8s %8s %8s %9s %10s %10s %11s\n", "mode", "loop_s", "wait_s", "step_s",
+               "hidden", "mpi_tests", "progress_s", "done_early", "allgather_s");
     }
     double blocking_wait = 0;
     /* Modes interleaved inside each repetition, so that load from other processes on the machine
      * falls on all modes alike. */
     static double loop[M_N][15], wait[M_N][15], step[M_N][15], ag[M_N][15];
     static long tests[M_N], done_early[M_N], n_ops = 0;
+    static double prog_s[M_N];
     for (int rep = 0; rep < reps; rep++) {
         for (int m = 0; m < M_N; m++) {
             if (m == M_THREAD && !have_thread) continue;
@@ -193,7 +197,7 @@ int main(int argc, char **argv) {
                 ag[m][rep] = st.allgather_s;
             }
             dp_last_stats(use, &st);
-            if (overlapped) { tests[m] += st.progress_tests; done_early[m] += st.ops_done_before_finish; n_ops = st.ops; }
+            if (overlapped) { tests[m] += st.progress_tests; prog_s[m] += st.progress_s; done_early[m] += st.ops_done_before_finish; n_ops = st.ops; }
             /* loop: the slowest rank's; wait: from the moment the LAST rank finished its loop to
              * the moment the last rank finished the reduction (CLOCK_MONOTONIC is one clock on
              * one node), so a rank's wait for a slower peer's compute does not count. */
@@ -217,8 +221,8 @@ int main(int argc, char **argv) {
         if (m >= M_NOPROGRESS && blocking_wait > 0)
             snprintf(hidden, sizeof hidden, "%.0f%%", 100.0 * (1.0 - w / blocking_wait));
         if (rank == 0)
-            printf("%-12s %8.3f %8.3f %8.3f %8s %9ld %5.1f/%-4ld %11.3f\n", mode_name_[m],
-                   loop[m][reps / 2], w, s, hidden, tests[m] / reps,
+            printf("%-12s %8.3f %8.3f %8.3f %8s %9ld %10.4f %5.1f/%-4ld %11.3f\n", mode_name_[m],
+                   loop[m][reps / 2], w, s, hidden, tests[m] / reps, prog_s[m] / reps,
                    (double)done_early[m] / reps, n_ops, ag[m][reps / 2]);
     }
     if (rank == 0) {
