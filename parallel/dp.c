@@ -15,8 +15,8 @@
  * Roots: zero=1, the tensor's owner (runs merge only tensors of one owner). zero=0, a run of
  * >= 64K floats per rank is cut into dp equal chunks, chunk c rooted at rank c (reduce-scatter
  * + allgather traffic); smaller runs are rooted round-robin. Either way each rank roots ~1/dp of
- * the floats. Staging: two slots, each (dp-1) x the floats this rank roots in the largest bucket;
- * bucket k uses slot k % 2, and a root posts bucket k's receives only after it has summed
+ * the floats. Staging: two slots, slot s sized (dp-1) x the floats this rank roots in the
+ * largest bucket k with k % 2 = s; bucket k uses slot k % 2, and a root posts bucket k's receives only after it has summed
  * buckets k-2, k-4, ... (until then the op waits in OP_WAIT_SLOT; the peers' sends simply wait for the
  * receive). So staging stays ~2 buckets, not a copy of the gradient.
  *
@@ -67,8 +67,8 @@ struct DpReducer {
     int n_ops;
     int *state;            /* n_ops */
     MPI_Request *req;      /* n_ops * (size - 1) */
-    float *arena;          /* staging: 2 slots of slot_len floats, bucket k uses slot k % 2 */
-    size_t arena_len, slot_len, slot_fill;
+    float *arena;          /* staging: 2 slots, bucket k uses slot k % 2 */
+    size_t arena_len, slot_len[2], slot_fill;   /* slot 1 starts at slot_len[0] */
     int *root_ops;         /* nb: ops this rank roots in bucket k */
     int *root_open;        /* nb: of those, not summed yet in this step */
     int rr;                /* round-robin root of small zero=0 runs (planning only) */
@@ -169,7 +169,7 @@ static void add_op_(DpReducer *r, int *cap, size_t off, size_t len, int root, in
         if (root == r->rank) {
             op->stage = r->slot_fill;
             r->slot_fill += c * (size_t)(r->size - 1);
-            if (r->slot_fill > r->slot_len) r->slot_len = r->slot_fill;
+            if (r->slot_fill > r->slot_len[k % 2]) r->slot_len[k % 2] = r->slot_fill;
         }
         off += c;
         len -= c;
@@ -235,7 +235,7 @@ DpReducer *dp_reducer_create(MPI_Comm dp, const DpTensor *tensors, int n_tensors
         plan_ops_(r, k, &cap);
     }
     r->op_first[r->nb] = r->n_ops;
-    r->arena_len = r->slot_len * (r->nb > 1 ? 2 : 1);
+    r->arena_len = r->slot_len[0] + r->slot_len[1];
     r->root_ops = xcalloc_((size_t)r->nb, sizeof *r->root_ops, "dp root counts");
     r->root_open = xcalloc_((size_t)r->nb, sizeof *r->root_open, "dp root counters");
     for (int o = 0; o < r->n_ops; o++)
@@ -317,7 +317,7 @@ static void sum_op_(DpReducer *r, const DpOp *op) {
     enum { BLK = 2048 };
     float acc[BLK];
     float *g = r->grads + op->offset;
-    const float *stage = r->arena + (size_t)(op->bucket % 2) * r->slot_len + op->stage;
+    const float *stage = r->arena + (op->bucket % 2 ? r->slot_len[0] : 0) + op->stage;
     int p = r->size, me = r->rank;
     for (size_t j0 = 0; j0 < (size_t)op->count; j0 += BLK) {
         size_t m = (size_t)op->count - j0 < BLK ? (size_t)op->count - j0 : BLK;
@@ -341,7 +341,7 @@ static int slot_free_(const DpReducer *r, int bucket) {
 static void post_root_recvs_(DpReducer *r, int o) {
     const DpOp *op = &r->ops[o];
     MPI_Request *q = &r->req[(size_t)o * (size_t)(r->size - 1)];
-    float *stage = r->arena + (size_t)(op->bucket % 2) * r->slot_len + op->stage;
+    float *stage = r->arena + (op->bucket % 2 ? r->slot_len[0] : 0) + op->stage;
     for (int peer = 0, k = 0; peer < r->size; peer++) {
         if (peer == r->rank) continue;
         MPI_CHECK(MPI_Irecv(stage + (size_t)k * (size_t)op->count, op->count, MPI_FLOAT, peer,

@@ -35,9 +35,10 @@
  * not: results are bit-identical between zero=0 and zero=1 and to a serial fp32 sum over ranks
  * 0, 1, ... in order, run after run.
  *
- * Memory: besides the caller's buffer, each rank holds a staging arena of two slots, each
- * (dp-1) x the floats it roots in the largest bucket (dp_staging_bytes; about 2 x (dp-1)/dp x
- * the largest bucket; allocated once, at create, when dp > 1).
+ * Memory: besides the caller's buffer, each rank holds a staging arena of two slots (even and
+ * odd buckets), each (dp-1) x the floats it roots in the largest bucket of its parity
+ * (dp_staging_bytes; at most 2 x (dp-1) x the largest bucket, typically two buckets' worth;
+ * allocated once, at create, when dp > 1).
  *
  * dp size 1 is a no-op path: nothing is started, dp_finish returns at once, every tensor is
  * owned by rank 0.
