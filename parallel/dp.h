@@ -11,11 +11,11 @@
  *
  * During the LAST micro-batch of a step, the backward calls dp_tensor_ready(i) when tensor i's
  * gradient is final. Buckets START STRICTLY IN BUCKET ORDER: bucket k starts (non-blocking) once
- * all its tensors are ready and buckets 0..k-1 have started. That keeps the sequence of
- * collectives identical on every rank whatever the ready order (MPI requires it). Open MPI 4.1
- * progresses non-blocking collectives only inside MPI calls, so the backward calls dp_progress()
- * often (between layers; one MPI_Testall per op in flight, nothing when nothing is), or the reducer
- * runs a communication thread (dp_reducer_progress_thread). dp_finish() starts every bucket not
+ * all its tensors are ready and buckets 0..k-1 have started, so the reductions run in the same
+ * order on every rank whatever the ready order. Open MPI 4.1 progresses non-blocking operations
+ * only inside MPI calls, so the backward calls dp_progress() often (between layers; one
+ * MPI_Testall per op in flight, nothing when nothing is), or the reducer runs a communication
+ * thread (dp_reducer_progress_thread). dp_finish() starts every bucket not
  * started yet (so "dp_begin; dp_finish" without any dp_tensor_ready is a correct, unoverlapped
  * reduction) and waits for all, each wait with the T5_MPI_TIMEOUT deadline (mpi_check.h).
  *
@@ -94,9 +94,10 @@ int dp_size(const DpReducer *r);
 int dp_rank(const DpReducer *r);
 
 /* Start a communication thread that advances the reductions (MPI_Testall, the root's sums)
- * every period_ms (e.g. 1.0) while a step's reductions are in flight (between dp_begin and dp_finish). Needs MPI_THREAD_MULTIPLE: returns
- * -1 (and no thread) when MPI was initialised with less; 0 when started; dp size 1: 0, no thread.
- * With the thread, dp_progress() is still allowed (it then does nothing). */
+ * every period_ms (e.g. 1.0) while a step's reductions are in flight (between dp_begin and
+ * dp_finish). Needs MPI_THREAD_MULTIPLE: returns -1 (and no thread) when MPI was initialised
+ * with less; 0 when started; dp size 1: 0, no thread. With the thread, dp_progress() is still
+ * allowed (it then does nothing). */
 int dp_reducer_progress_thread(DpReducer *r, double period_ms);
 
 /* Start of a step's last micro-batch backward: grads is the buffer reductions will run on. */
@@ -123,7 +124,7 @@ double dp_sum_squares_owned(DpReducer *r, const float *grads, int *finite);
  * bucket's start to the completion of the last as observed (dp_finish's end); bytes reduced;
  * buckets; started_early: buckets started before dp_finish; progress_tests: MPI_Testall calls
  * made by dp_progress or the thread; progress_s: seconds spent in them (MPI tests and the roots'
- * sums); ops: non-blocking calls per step; ops_done_before_finish: those
+ * sums); ops: reductions per step (runs of floats with one root); ops_done_before_finish: those
  * seen complete before dp_finish (overlap that worked); allgather_s: seconds in the last
  * dp_allgather_params. */
 typedef struct {
