@@ -9,7 +9,9 @@
  *   order (integer-valued and random data; repeat runs bit-identical),
  *   with in-order, shuffled and no ready calls, with dp_progress and with the progress thread;
  *   gaps between tensors untouched; ZeRO-1 owners (every tensor owned once), reduce-to-owner +
- *   allgather bit-identical to the allreduce; the sharded sum of squares equal to the unsharded one.
+ *   allgather bit-identical to the allreduce; the sharded sum of squares equal to the unsharded one;
+ *   ZeRO-1 with the real optimizer (Adafactor, AdamW; Optim over the owned tensors only) giving
+ *   the same parameters, bit for bit, as the unsharded and the serial run.
  * Fault modes (one per run, exit non-zero by design; mpi_dp.sh checks the messages and time):
  *   --kill-rank R   rank R raises SIGKILL in the middle of a bucketed reduction
  *   --absent-rank R rank R never posts its side; the others must time out (T5_MPI_TIMEOUT)
@@ -23,6 +25,7 @@
 #include <unistd.h>
 
 #include "parallel/dp.h"
+#include "pretrain/optim.h"
 #include "parallel/grid.h"
 #include "parallel/mpi_check.h"
 #include "tests/unit/test.h"
@@ -403,6 +406,74 @@ static void test_sum_squares_sharded(void) {
     free(g);
 }
 
+/* ZeRO-1 with the real optimizer: each rank builds its Optim over only the tensors it owns,
+ * updates them, and the allgather must give every rank the same parameters, bit for bit, as the
+ * unsharded run (zero=0, Optim over all) and as a serial run on the rank-order gradient sum;
+ * the optimizer state is split with every tensor's state held exactly once. */
+static void zero1_optimizer_case_(OptimKind kind) {
+    static const int shape[][2] = {{256, 128}, {64, 32}, {512, 0}, {300, 128}, {128, 512}, {7, 0}};
+    const int n = (int)(sizeof shape / sizeof shape[0]);
+    OptimTensor ot[8], own_ot[8];
+    DpTensor dt[8];
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        size_t numel = shape[i][1] ? (size_t)shape[i][0] * (size_t)shape[i][1] : (size_t)shape[i][0];
+        ot[i] = (OptimTensor){total, numel, shape[i][0], shape[i][1]};
+        dt[i] = (DpTensor){total, numel};
+        total += numel;
+    }
+    DpReducer *a = dp_reducer_create(MPI_COMM_WORLD, dt, n, 0, 65536);
+    DpReducer *z = dp_reducer_create(MPI_COMM_WORLD, dt, n, 1, 65536);
+    int idx[8];
+    int m = dp_owned_tensors(z, idx);
+    for (int k = 0; k < m; k++) own_ot[k] = ot[idx[k]];
+    OptimConfig cfg;
+    optim_config_default(&cfg, kind);
+    if (kind == OPTIM_ADAFACTOR) cfg.lr.warmup_steps = 2;
+    Optim oa, oz, os;
+    char err[256];
+    CHECK_EQ_INT(optim_init(&oa, &cfg, ot, n, total, err, sizeof err), 0);
+    CHECK_EQ_INT(optim_init(&os, &cfg, ot, n, total, err, sizeof err), 0);
+    CHECK_EQ_INT(optim_init(&oz, &cfg, own_ot, m, total, err, sizeof err), 0);
+    /* every tensor's state exactly once over the ranks */
+    unsigned long long st[2] = {oz.state_numel, oa.state_numel};
+    MPI_Allreduce(MPI_IN_PLACE, st, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
+    CHECK_EQ_INT(st[0], st[1]);
+    if (wsize_ > 1) CHECK(oz.state_numel < oa.state_numel);   /* optimizer memory per rank falls */
+    float *pa = malloc(total * sizeof(float)), *pz = malloc(total * sizeof(float)), *ps = malloc(total * sizeof(float));
+    float *ga = malloc(total * sizeof(float)), *gz = malloc(total * sizeof(float)), *gs = malloc(total * sizeof(float));
+    for (size_t j = 0; j < total; j++) pa[j] = pz[j] = ps[j] = 0.05f * val_(99, j, 0, 1);
+    for (long step = 0; step < 3; step++) {
+        for (size_t j = 0; j < total; j++) {
+            ga[j] = gz[j] = 1e-2f * val_(wrank_, j, 0, 20 + (int)step);
+            float sum = 0;
+            for (int q = 0; q < wsize_; q++) sum += 1e-2f * val_(q, j, 0, 20 + (int)step);
+            gs[j] = sum;
+        }
+        reduce_(a, NULL, ga, 0);
+        optim_step(&oa, pa, ga, step);
+        dp_begin(z, gz);
+        for (int i = n - 1; i >= 0; i--) { dp_tensor_ready(z, i); dp_progress(z); }
+        dp_finish(z);
+        optim_step(&oz, pz, gz, step);   /* updates only the owned tensors */
+        dp_allgather_params(z, pz);
+        optim_step(&os, ps, gs, step);   /* the serial run */
+    }
+    CHECK(memcmp(pa, ps, total * sizeof(float)) == 0);
+    CHECK(memcmp(pz, ps, total * sizeof(float)) == 0);
+    double moved = 0;
+    for (size_t j = 0; j < total; j++) moved += fabs((double)ps[j] - 0.05 * val_(99, j, 0, 1));
+    CHECK(moved > 0);   /* the updates did something */
+    optim_free(&oa); optim_free(&oz); optim_free(&os);
+    dp_reducer_free(a); dp_reducer_free(z);
+    free(pa); free(pz); free(ps); free(ga); free(gz); free(gs);
+}
+
+static void test_zero1_optimizer_equals_unsharded(void) {
+    zero1_optimizer_case_(OPTIM_ADAFACTOR);
+    zero1_optimizer_case_(OPTIM_ADAMW);
+}
+
 /* ---- fault modes ---- */
 
 static void on_term_(int sig) {
@@ -488,6 +559,7 @@ int main(int argc, char **argv) {
         MPI_RUN(test_progress_thread);
         MPI_RUN(test_zero1_owners_and_update);
         MPI_RUN(test_sum_squares_sharded);
+        MPI_RUN(test_zero1_optimizer_equals_unsharded);
         MPI_Allreduce(MPI_IN_PLACE, &test_total_failed_, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
         MPI_Finalize();
     }
