@@ -2,13 +2,29 @@
  * parallel/dp.c: bucketed, overlapped data-parallel gradient reduction and ZeRO-1 (contracts in
  * dp.h).
  *
- * A step is a list of "ops", fixed at create time: one non-blocking collective each, on a run
- * of adjacent floats of the buffer (adjacent tensors of one bucket merged; for ZeRO-1 only
- * tensors with the same owner), at most INT_MAX floats. Bucket k's ops are ops
- * op_first[k]..op_first[k+1]-1. Requests are kept in op order; since buckets start in order,
- * the started ops are always a prefix 0..started_ops-1, and the ones before first_open are
- * known complete. Progress = MPI_Test on first_open (any MPI_Test drives Open MPI's whole
- * progress engine, so testing the oldest request advances all of them).
+ * The reduction is point-to-point, not MPI's collectives: every "op" (a run of adjacent floats,
+ * at most INT_MAX) has a root. Phase 1: every other rank MPI_Isends its copy to the root, which
+ * MPI_Irecvs them into a staging arena and, once all arrived, sums them IN RANK ORDER
+ * (x_0 + x_1 + ... + x_{p-1}, fp32, left to right) into the buffer. Phase 2 (zero=0 only): the
+ * root MPI_Isends the sum back to every rank, which receives it in place. Why not
+ * MPI_Iallreduce/MPI_Ireduce: (1) one summation order for zero 0 and 1 and for any dp size, so
+ * ZeRO-1 is bit-identical to the unsharded run and to a serial sum in rank order; (2) Open MPI
+ * 4.1's libnbc MPI_Ireduce was measured 2-4x slower than this on one node (25 MB buckets, 2
+ * ranks); (3) the work per progress call is explicit.
+ *
+ * Roots: zero=1, the tensor's owner (runs merge only tensors of one owner). zero=0, a run of
+ * >= 64K floats per rank is cut into dp equal chunks, chunk c rooted at rank c (reduce-scatter
+ * + allgather traffic); smaller runs are rooted round-robin. Either way each rank roots ~1/dp of
+ * the floats. Staging: two slots, slot s sized (dp-1) x the floats this rank roots in the
+ * largest bucket k with k % 2 = s; bucket k uses slot k % 2, and a root posts bucket k's receives only after it has summed
+ * buckets k-2, k-4, ... (until then the op waits in OP_WAIT_SLOT; the peers' sends simply wait for the
+ * receive). So staging stays ~2 buckets, not a copy of the gradient.
+ *
+ * Bucket k's ops are op_first[k]..op_first[k+1]-1. Buckets start in order, so the started ops
+ * are a prefix 0..started_ops-1; those before first_open are done. Each op has dp-1 request
+ * slots and a state (IDLE, PHASE1, PHASE2, DONE); progress = MPI_Testall on every open op's
+ * slots and the state change that follows (posting phase 2, or the root's sum). Message tags are
+ * 2*op + phase, so matching never depends on the order ranks post in.
  */
 #include "parallel/dp.h"
 
@@ -23,11 +39,15 @@
 
 #include "parallel/mpi_check.h"
 
+enum { OP_IDLE = 0, OP_WAIT_SLOT, OP_PHASE1, OP_PHASE2, OP_DONE };
+
 typedef struct {
     size_t offset;   /* first float */
     int count;       /* floats, <= INT_MAX */
-    int root;        /* ZeRO-1: the owner; -1: allreduce */
+    int root;        /* the rank that sums (ZeRO-1: the owner) */
     int bucket;
+    size_t stage;    /* root only: first float of its (dp-1) x count staging floats in its
+                        bucket's slot */
 } DpOp;
 
 struct DpReducer {
@@ -45,7 +65,13 @@ struct DpReducer {
     int *op_first;         /* nb + 1 */
     DpOp *ops;
     int n_ops;
-    MPI_Request *req;      /* n_ops */
+    int *state;            /* n_ops */
+    MPI_Request *req;      /* n_ops * (size - 1) */
+    float *arena;          /* staging: 2 slots, bucket k uses slot k % 2 */
+    size_t arena_len, slot_len[2], slot_fill;   /* slot 1 starts at slot_len[0] */
+    int *root_ops;         /* nb: ops this rank roots in bucket k */
+    int *root_open;        /* nb: of those, not summed yet in this step */
+    int rr;                /* round-robin root of small zero=0 runs (planning only) */
     double *sq;            /* n; per-tensor sums of squares */
     /* step state */
     float *grads;
@@ -130,27 +156,47 @@ static uint64_t fnv_(uint64_t h, uint64_t v) {
     return h;
 }
 
+static void add_op_(DpReducer *r, int *cap, size_t off, size_t len, int root, int k) {
+    while (len > 0) {
+        size_t c = len > (size_t)INT_MAX ? (size_t)INT_MAX : len;
+        if (r->n_ops == *cap) {
+            *cap *= 2;
+            r->ops = realloc(r->ops, (size_t)*cap * sizeof *r->ops);
+            if (!r->ops) mpi_fatal("the machine is out of memory", "cannot grow the dp op list");
+        }
+        DpOp *op = &r->ops[r->n_ops++];
+        *op = (DpOp){off, (int)c, root, k, 0};
+        if (root == r->rank) {
+            op->stage = r->slot_fill;
+            r->slot_fill += c * (size_t)(r->size - 1);
+            if (r->slot_fill > r->slot_len[k % 2]) r->slot_len[k % 2] = r->slot_fill;
+        }
+        off += c;
+        len -= c;
+    }
+}
+
 /* Append the ops of bucket k (backward order inside it: highest tensor first). */
 static void plan_ops_(DpReducer *r, int k, int *cap) {
     const DpBucket *b = &r->b[k];
+    r->slot_fill = 0;
     for (int i = b->last; i >= b->first; ) {
-        /* A run: tensors j..i adjacent in memory (tensor j ends where j+1 begins), same root. */
+        /* A run: tensors j..i adjacent in memory (tensor j ends where j+1 begins); ZeRO-1: of one
+         * owner. */
         int j = i;
-        int root = r->zero ? r->owner[i] : -1;
         while (j - 1 >= b->first && r->t[j - 1].offset + r->t[j - 1].numel == r->t[j].offset &&
-               (r->zero ? r->owner[j - 1] : -1) == root)
+               (!r->zero || r->owner[j - 1] == r->owner[i]))
             j--;
         size_t off = r->t[j].offset, len = r->t[i].offset + r->t[i].numel - off;
-        while (len > 0) {
-            size_t c = len > (size_t)INT_MAX ? (size_t)INT_MAX : len;
-            if (r->n_ops == *cap) {
-                *cap *= 2;
-                r->ops = realloc(r->ops, (size_t)*cap * sizeof *r->ops);
-                if (!r->ops) mpi_fatal("the machine is out of memory", "cannot grow dp op list");
-            }
-            r->ops[r->n_ops++] = (DpOp){off, (int)c, root, k};
-            off += c;
-            len -= c;
+        if (r->zero) {
+            add_op_(r, cap, off, len, r->owner[i], k);
+        } else if (len >= (size_t)65536 * (size_t)r->size) {
+            size_t p = (size_t)r->size;
+            for (size_t c = 0; c < p; c++)
+                add_op_(r, cap, off + c * len / p, (c + 1) * len / p - c * len / p, (int)c, k);
+        } else if (len > 0) {
+            add_op_(r, cap, off, len, r->rr, k);
+            r->rr = (r->rr + 1) % r->size;
         }
         i = j - 1;
     }
@@ -189,8 +235,27 @@ DpReducer *dp_reducer_create(MPI_Comm dp, const DpTensor *tensors, int n_tensors
         plan_ops_(r, k, &cap);
     }
     r->op_first[r->nb] = r->n_ops;
-    r->req = xcalloc_((size_t)r->n_ops, sizeof *r->req, "dp requests");
-    for (int k = 0; k < r->n_ops; k++) r->req[k] = MPI_REQUEST_NULL;
+    r->arena_len = r->slot_len[0] + r->slot_len[1];
+    r->root_ops = xcalloc_((size_t)r->nb, sizeof *r->root_ops, "dp root counts");
+    r->root_open = xcalloc_((size_t)r->nb, sizeof *r->root_open, "dp root counters");
+    for (int o = 0; o < r->n_ops; o++)
+        if (r->ops[o].root == r->rank) r->root_ops[r->ops[o].bucket]++;
+    size_t nreq = (size_t)r->n_ops * (size_t)(r->size - 1);
+    r->req = xcalloc_(nreq, sizeof *r->req, "dp requests");
+    for (size_t k = 0; k < nreq; k++) r->req[k] = MPI_REQUEST_NULL;
+    r->state = xcalloc_((size_t)r->n_ops, sizeof *r->state, "dp op states");
+    if (r->size > 1) {
+        r->arena = malloc((r->arena_len ? r->arena_len : 1) * sizeof *r->arena);
+        if (!r->arena)
+            mpi_fatal("the staging arena holds 2 x (dp-1) x the floats a rank roots in one bucket: "
+                      "free memory or lower the bucket size", "cannot allocate %zu MB of dp staging",
+                      r->arena_len * sizeof(float) >> 20);
+        int *ub = NULL, flag = 0;
+        MPI_CHECK(MPI_Comm_get_attr(r->comm, MPI_TAG_UB, &ub, &flag));
+        if (!flag || !ub || (long)*ub < 2L * r->n_ops + 2)
+            mpi_fatal("raise bucket_bytes or merge tensors", "dp needs %d message tags, MPI allows %d",
+                      2 * r->n_ops + 2, flag && ub ? *ub : 0);
+    }
 
     /* Every rank must have cut the same ops: compare a hash of the inputs (h, ~h under MAX). */
     uint64_t h = 14695981039346656037ULL;
@@ -211,6 +276,7 @@ DpReducer *dp_reducer_create(MPI_Comm dp, const DpTensor *tensors, int n_tensors
 
 void dp_reducer_free(DpReducer *r) {
     if (!r) return;
+    if (r->active) dp_finish(r);   /* MPI may still write into the buffers: complete the step */
     if (r->has_thread) {
         pthread_mutex_lock(&r->mu);
         r->thread_stop = 1;
@@ -220,16 +286,16 @@ void dp_reducer_free(DpReducer *r) {
     }
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
-    for (int k = 0; k < r->n_ops; k++)
-        if (r->req[k] != MPI_REQUEST_NULL) mpi_wait_timeout(&r->req[k], "dp request at free");
     MPI_CHECK(MPI_Comm_free(&r->comm));
     free(r->t); free(r->owner); free(r->bucket_of); free(r->ready); free(r->sq); free(r->b);
-    free(r->pending); free(r->op_first); free(r->ops); free(r->req);
+    free(r->pending); free(r->op_first); free(r->ops); free(r->req); free(r->state); free(r->arena);
+    free(r->root_ops); free(r->root_open);
     free(r);
 }
 
 int dp_owner(const DpReducer *r, int tensor) { return r->zero ? r->owner[tensor] : -1; }
 int dp_n_buckets(const DpReducer *r) { return r->nb; }
+size_t dp_staging_bytes(const DpReducer *r) { return r->size > 1 ? r->arena_len * sizeof(float) : 0; }
 int dp_size(const DpReducer *r) { return r->size; }
 int dp_rank(const DpReducer *r) { return r->rank; }
 
@@ -242,16 +308,107 @@ int dp_owned_tensors(const DpReducer *r, int *idx) {
 
 /* ---- one step ---- */
 
-/* Test started requests oldest first until one is still open. Caller holds the lock (thread) or
- * is the only user. */
-static void test_open_(DpReducer *r) {
-    while (r->first_open < r->started_ops) {
-        int done = 0;
-        MPI_CHECK(MPI_Test(&r->req[r->first_open], &done, MPI_STATUS_IGNORE));
-        r->st.progress_tests++;
-        if (!done) break;
-        r->first_open++;
+#define TAG_(o, phase) (2 * (o) + (phase))
+
+/* Root: x_0 + x_1 + ... + x_{p-1} in rank order into the buffer; x_me is the buffer itself,
+ * the others are in the staging arena (peer q at slot q < me ? q : q - 1). Blocked so that the
+ * buffer's own values are read before the block is written. */
+static void sum_op_(DpReducer *r, const DpOp *op) {
+    enum { BLK = 2048 };
+    float acc[BLK];
+    float *g = r->grads + op->offset;
+    const float *stage = r->arena + (op->bucket % 2 ? r->slot_len[0] : 0) + op->stage;
+    int p = r->size, me = r->rank;
+    for (size_t j0 = 0; j0 < (size_t)op->count; j0 += BLK) {
+        size_t m = (size_t)op->count - j0 < BLK ? (size_t)op->count - j0 : BLK;
+        for (int q = 0; q < p; q++) {
+            const float *src = q == me ? g + j0 : stage + (size_t)(q < me ? q : q - 1) * (size_t)op->count + j0;
+            if (q == 0) memcpy(acc, src, m * sizeof *acc);
+            else for (size_t j = 0; j < m; j++) acc[j] += src[j];
+        }
+        memcpy(g + j0, acc, m * sizeof *acc);
     }
+}
+
+/* A root op's slot is free once this rank has summed every op it roots in the earlier buckets
+ * of the same slot (k-2, k-4, ...: not only k-2, which may have no ops rooted here). */
+static int slot_free_(const DpReducer *r, int bucket) {
+    for (int j = bucket - 2; j >= 0; j -= 2)
+        if (r->root_open[j] != 0) return 0;
+    return 1;
+}
+
+static void post_root_recvs_(DpReducer *r, int o) {
+    const DpOp *op = &r->ops[o];
+    MPI_Request *q = &r->req[(size_t)o * (size_t)(r->size - 1)];
+    float *stage = r->arena + (op->bucket % 2 ? r->slot_len[0] : 0) + op->stage;
+    for (int peer = 0, k = 0; peer < r->size; peer++) {
+        if (peer == r->rank) continue;
+        MPI_CHECK(MPI_Irecv(stage + (size_t)k * (size_t)op->count, op->count, MPI_FLOAT, peer,
+                            TAG_(o, 0), r->comm, &q[k]));
+        k++;
+    }
+    r->state[o] = OP_PHASE1;
+}
+
+/* Post op o's phase 1: the root's receives (or OP_WAIT_SLOT until its slot is free; the peers'
+ * sends then wait for the matching receive), the others' send. */
+static void start_op_(DpReducer *r, int o) {
+    const DpOp *op = &r->ops[o];
+    MPI_Request *q = &r->req[(size_t)o * (size_t)(r->size - 1)];
+    if (op->root == r->rank) {
+        if (slot_free_(r, op->bucket)) post_root_recvs_(r, o);
+        else r->state[o] = OP_WAIT_SLOT;
+        return;
+    } else {
+        MPI_CHECK(MPI_Isend(r->grads + op->offset, op->count, MPI_FLOAT, op->root, TAG_(o, 0),
+                            r->comm, &q[0]));
+    }
+    r->state[o] = OP_PHASE1;
+}
+
+/* Test op o's open requests and take the next state step. Returns 1 when the op is done. */
+static int advance_op_(DpReducer *r, int o) {
+    if (r->state[o] == OP_DONE) return 1;
+    const DpOp *op = &r->ops[o];
+    if (r->state[o] == OP_WAIT_SLOT) {
+        if (!slot_free_(r, op->bucket)) return 0;
+        post_root_recvs_(r, o);
+    }
+    int nq = r->size - 1, done = 0;
+    MPI_Request *q = &r->req[(size_t)o * (size_t)nq];
+    MPI_CHECK(MPI_Testall(nq, q, &done, MPI_STATUSES_IGNORE));
+    r->st.progress_tests++;
+    if (!done) return 0;
+    int root = op->root == r->rank;
+    if (r->state[o] == OP_PHASE1) {
+        if (root) { sum_op_(r, op); r->root_open[op->bucket]--; }
+        if (r->zero) { r->state[o] = OP_DONE; return 1; }
+        if (root) {
+            for (int peer = 0, k = 0; peer < r->size; peer++) {
+                if (peer == r->rank) continue;
+                MPI_CHECK(MPI_Isend(r->grads + op->offset, op->count, MPI_FLOAT, peer, TAG_(o, 1),
+                                    r->comm, &q[k]));
+                k++;
+            }
+        } else {
+            MPI_CHECK(MPI_Irecv(r->grads + op->offset, op->count, MPI_FLOAT, op->root, TAG_(o, 1),
+                                r->comm, &q[0]));
+        }
+        r->state[o] = OP_PHASE2;
+        return 0;
+    }
+    r->state[o] = OP_DONE;
+    return 1;
+}
+
+/* Advance every open op; move first_open past the done ones. Caller holds the lock (thread) or
+ * is the only user. */
+static void progress_all_(DpReducer *r) {
+    double t0 = now_();
+    for (int o = r->first_open; o < r->started_ops; o++) advance_op_(r, o);
+    while (r->first_open < r->started_ops && r->state[r->first_open] == OP_DONE) r->first_open++;
+    r->st.progress_s += now_() - t0;
 }
 
 static void *progress_main_(void *arg) {
@@ -263,7 +420,7 @@ static void *progress_main_(void *arg) {
         while (!r->thread_stop && !(r->active && r->first_open < r->started_ops))
             pthread_cond_wait(&r->cv, &r->mu);
         if (r->thread_stop) break;
-        test_open_(r);
+        progress_all_(r);
         pthread_mutex_unlock(&r->mu);
         nanosleep(&ts, NULL);
         pthread_mutex_lock(&r->mu);
@@ -290,17 +447,8 @@ static void unlock_(DpReducer *r) { if (r->has_thread) pthread_mutex_unlock(&r->
 static void start_bucket_(DpReducer *r, int k) {
     if (r->started_ops == 0) r->t_first_start = now_();
     for (int o = r->op_first[k]; o < r->op_first[k + 1]; o++) {
-        const DpOp *op = &r->ops[o];
-        float *p = r->grads + op->offset;
-        MPI_Request *q = &r->req[o];
-        if (op->root < 0)
-            MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, p, op->count, MPI_FLOAT, MPI_SUM, r->comm, q));
-        else if (op->root == r->rank)
-            MPI_CHECK(MPI_Ireduce(MPI_IN_PLACE, p, op->count, MPI_FLOAT, MPI_SUM, op->root,
-                                  r->comm, q));
-        else
-            MPI_CHECK(MPI_Ireduce(p, NULL, op->count, MPI_FLOAT, MPI_SUM, op->root, r->comm, q));
-        r->st.bytes += 4.0 * op->count;
+        start_op_(r, o);
+        r->st.bytes += 4.0 * r->ops[o].count;
     }
     r->started_ops = r->op_first[k + 1];
     r->st.buckets++;
@@ -318,6 +466,8 @@ void dp_begin(DpReducer *r, float *grads) {
     for (int k = 0; k < r->nb; k++) r->pending[k] = r->b[k].last - r->b[k].first + 1;
     r->next_bucket = 0;
     r->started_ops = r->first_open = 0;
+    memset(r->state, 0, (size_t)r->n_ops * sizeof *r->state);
+    memcpy(r->root_open, r->root_ops, (size_t)r->nb * sizeof *r->root_open);
     r->active = 1;
     unlock_(r);
 }
@@ -344,7 +494,7 @@ void dp_tensor_ready(DpReducer *r, int tensor) {
 
 void dp_progress(DpReducer *r) {
     if (r->size == 1 || !r->active || r->has_thread) return;
-    test_open_(r);
+    progress_all_(r);
 }
 
 void dp_finish(DpReducer *r) {
@@ -352,20 +502,37 @@ void dp_finish(DpReducer *r) {
     if (!r->active) mpi_fatal("a bug in the caller", "dp_finish without dp_begin");
     double t0 = now_();
     lock_(r);
+    long tests_before = r->st.progress_tests;   /* dp_finish's own tests are not "progress" */
+    r->st.ops = r->n_ops;
+    r->st.ops_done_before_finish = r->first_open;
     while (r->next_bucket < r->nb) start_bucket_(r, r->next_bucket++);
     r->active = 0;   /* the thread stops touching requests */
     unlock_(r);
+    int nq = r->size - 1;
     for (int o = r->first_open; o < r->n_ops; o++) {
-        if (r->req[o] == MPI_REQUEST_NULL) continue;
-        const DpOp *op = &r->ops[o];
-        const DpBucket *b = &r->b[op->bucket];
-        char label[160];
-        snprintf(label, sizeof label, "dp bucket %d/%d %s of %d floats (tensors %d..%d)",
-                 op->bucket, r->nb, op->root < 0 ? "MPI_Iallreduce" : "MPI_Ireduce", op->count,
-                 b->first, b->last);
-        mpi_wait_timeout(&r->req[o], label);
+        while (!advance_op_(r, o)) {
+            if (r->state[o] == OP_WAIT_SLOT)   /* ops are waited in order: cannot happen */
+                mpi_fatal("a bug in parallel/dp.c", "dp op %d still waits for its staging slot", o);
+            MPI_Request *q = &r->req[(size_t)o * (size_t)nq];
+            int k = 0;
+            while (k < nq && q[k] == MPI_REQUEST_NULL) k++;
+            if (k == nq) continue;   /* all complete: the next advance changes state */
+            const DpOp *op = &r->ops[o];
+            const DpBucket *b = &r->b[op->bucket];
+            char label[200];
+            snprintf(label, sizeof label,
+                     "dp bucket %d/%d op %d: %s %d floats %s rank %d (tensors %d..%d, phase %d)",
+                     op->bucket, r->nb, o,
+                     r->state[o] == OP_PHASE1 ? (op->root == r->rank ? "MPI_Irecv" : "MPI_Isend")
+                                              : (op->root == r->rank ? "MPI_Isend" : "MPI_Irecv"),
+                     op->count, (r->state[o] == OP_PHASE1) == (op->root == r->rank) ? "from" : "to",
+                     op->root == r->rank ? (k < r->rank ? k : k + 1) : op->root, b->first, b->last,
+                     r->state[o] == OP_PHASE1 ? 1 : 2);
+            mpi_wait_timeout(&q[k], label);
+        }
     }
     r->first_open = r->n_ops;
+    r->st.progress_tests = tests_before;
     double t1 = now_();
     r->st.wait_s = t1 - t0;
     r->st.reduce_s = t1 - r->t_first_start;

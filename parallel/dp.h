@@ -11,26 +11,34 @@
  *
  * During the LAST micro-batch of a step, the backward calls dp_tensor_ready(i) when tensor i's
  * gradient is final. Buckets START STRICTLY IN BUCKET ORDER: bucket k starts (non-blocking) once
- * all its tensors are ready and buckets 0..k-1 have started. That keeps the sequence of
- * collectives identical on every rank whatever the ready order (MPI requires it). Open MPI 4.1
- * progresses non-blocking collectives only inside MPI calls, so the backward calls dp_progress()
- * often (between layers; a few MPI_Test calls, nothing when nothing is in flight), or the reducer
- * runs a communication thread (dp_reducer_progress_thread). dp_finish() starts every bucket not
+ * all its tensors are ready and buckets 0..k-1 have started, so the reductions run in the same
+ * order on every rank whatever the ready order. Open MPI 4.1 progresses non-blocking operations
+ * only inside MPI calls, so the backward calls dp_progress() often (between layers; one
+ * MPI_Testall per op in flight, nothing when nothing is), or the reducer runs a communication
+ * thread (dp_reducer_progress_thread). dp_finish() starts every bucket not
  * started yet (so "dp_begin; dp_finish" without any dp_tensor_ready is a correct, unoverlapped
  * reduction) and waits for all, each wait with the T5_MPI_TIMEOUT deadline (mpi_check.h).
  *
- * zero = 0: every rank ends with the SUM over dp ranks of every tensor's gradient
- *           (MPI_Iallreduce per bucket, in place; adjacent tensors merged into one call).
+ * The reduction is point-to-point (MPI_Isend/MPI_Irecv): each run of adjacent floats has a root
+ * rank; the others send it their copy, the root sums ALL copies IN RANK ORDER
+ * (x_0 + x_1 + ... + x_{dp-1}, fp32, left to right) and, for zero=0, sends the sum back.
+ * zero = 0: every rank ends with the SUM over dp ranks of every tensor's gradient. Runs are cut
+ *           into dp chunks rooted at different ranks (reduce-scatter + allgather traffic).
  * zero = 1: every tensor has one owner (dp_plan_owners: largest first, each to the least-loaded
  *           rank, ties to the lowest rank); the owner ends with the summed gradient of its
- *           tensors (MPI_Ireduce per tensor to the owner, in place; other ranks' copies are left
- *           as they were), updates them, then dp_allgather_params() broadcasts each tensor from
- *           its owner (MPI_Ibcast) so every rank has the updated parameters.
+ *           tensors (other ranks' copies are left as they were), updates them, then
+ *           dp_allgather_params() broadcasts each tensor from its owner (MPI_Ibcast) so every
+ *           rank has the updated parameters.
  * The caller scales (e.g. by 1/global_tokens) after the reduction; the reducer only sums.
  *
- * Summation order is fixed for a given dp size and table (the same bits run after run). For
- * dp <= 2 zero=0 and zero=1 give identical bits (a+b = b+a); for dp > 2 Open MPI's allreduce
- * and reduce algorithms may associate differently (equal up to summation order).
+ * Summation order is one fixed order for every dp size, zero 0 and 1, overlap or not, thread or
+ * not: results are bit-identical between zero=0 and zero=1 and to a serial fp32 sum over ranks
+ * 0, 1, ... in order, run after run.
+ *
+ * Memory: besides the caller's buffer, each rank holds a staging arena of two slots (even and
+ * odd buckets), each (dp-1) x the floats it roots in the largest bucket of its parity
+ * (dp_staging_bytes; at most 2 x (dp-1) x the largest bucket, typically two buckets' worth;
+ * allocated once, at create, when dp > 1).
  *
  * dp size 1 is a no-op path: nothing is started, dp_finish returns at once, every tensor is
  * owned by rank 0.
@@ -72,7 +80,8 @@ typedef struct DpReducer DpReducer;
  * tables, zero and bucket_bytes are compared (one small allreduce); a mismatch is fatal. */
 DpReducer *dp_reducer_create(MPI_Comm dp, const DpTensor *tensors, int n_tensors, int zero,
                              size_t bucket_bytes);
-void dp_reducer_free(DpReducer *r);   /* stops the progress thread; NULL is fine */
+/* Stops the progress thread; completes a step still in flight (collective then); NULL is fine. */
+void dp_reducer_free(DpReducer *r);
 
 int dp_owner(const DpReducer *r, int tensor);   /* ZeRO-1 owner (dp rank); 0..dp-1; zero=0: -1 */
 /* Tensors this rank updates, ascending table order, into idx (may be NULL; room for n_tensors):
@@ -80,18 +89,22 @@ int dp_owner(const DpReducer *r, int tensor);   /* ZeRO-1 owner (dp rank); 0..dp
  * over exactly these (pretrain/optim.h keeps state only for the tensors it is given). */
 int dp_owned_tensors(const DpReducer *r, int *idx);
 int dp_n_buckets(const DpReducer *r);
+size_t dp_staging_bytes(const DpReducer *r);   /* the staging arena (0 when dp size is 1) */
 int dp_size(const DpReducer *r);
 int dp_rank(const DpReducer *r);
 
-/* Start a communication thread that calls MPI_Test every period_ms (e.g. 1.0) while a step's
- * reductions are in flight (between dp_begin and dp_finish). Needs MPI_THREAD_MULTIPLE: returns
- * -1 (and no thread) when MPI was initialised with less; 0 when started; dp size 1: 0, no thread.
- * With the thread, dp_progress() is still allowed (it then does nothing). */
+/* Start a communication thread that advances the reductions (MPI_Testall, the root's sums)
+ * every period_ms (e.g. 1.0) while a step's reductions are in flight (between dp_begin and
+ * dp_finish). Needs MPI_THREAD_MULTIPLE: returns -1 (and no thread) when MPI was initialised
+ * with less; 0 when started; dp size 1: 0, no thread. With the thread, dp_progress() is still
+ * allowed (it then does nothing). */
 int dp_reducer_progress_thread(DpReducer *r, double period_ms);
 
 /* Start of a step's last micro-batch backward: grads is the buffer reductions will run on. */
 void dp_begin(DpReducer *r, float *grads);
-/* Tensor's gradient is final; marking a tensor twice in one step is fatal (a caller bug). */
+/* Tensor's gradient is final; marking a tensor twice in one step is fatal (a caller bug). From
+ * this call until dp_finish returns, MPI may read and write that tensor's gradient: the caller
+ * must neither write nor read it. */
 void dp_tensor_ready(DpReducer *r, int tensor);
 void dp_progress(DpReducer *r);
 void dp_finish(DpReducer *r);
@@ -109,13 +122,18 @@ double dp_sum_squares_owned(DpReducer *r, const float *grads, int *finite);
 
 /* Measurements of the last step. wait_s: seconds blocked in dp_finish; reduce_s: from the first
  * bucket's start to the completion of the last as observed (dp_finish's end); bytes reduced;
- * buckets; started_early: buckets started before dp_finish; progress_tests: MPI_Test calls made
- * by dp_progress or the thread; allgather_s: seconds in the last dp_allgather_params. */
+ * buckets; started_early: buckets started before dp_finish; progress_tests: MPI_Testall calls
+ * made by dp_progress or the thread; progress_s: seconds spent in them (MPI tests and the roots'
+ * sums); ops: reductions per step (runs of floats with one root); ops_done_before_finish: those
+ * seen complete before dp_finish (overlap that worked); allgather_s: seconds in the last
+ * dp_allgather_params. */
 typedef struct {
     double wait_s, reduce_s;
     double bytes;
     int buckets, started_early;
+    int ops, ops_done_before_finish;
     long progress_tests;
+    double progress_s;
     double allgather_s;
 } DpStats;
 void dp_last_stats(const DpReducer *r, DpStats *st);

@@ -51,6 +51,7 @@ static const char *hint_for_(int rc) {
         return "the ranks disagree on a message size: are all ranks running the same program, "
                "configuration and tensor table?";
     case MPI_ERR_COMM: case MPI_ERR_REQUEST: case MPI_ERR_ARG: case MPI_ERR_ROOT:
+    case MPI_ERR_RANK: case MPI_ERR_TAG: case MPI_ERR_TYPE: case MPI_ERR_OP:
         return "an invalid communicator, request or argument: a bug in the caller (report it "
                "with this message)";
     default:
