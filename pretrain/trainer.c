@@ -263,7 +263,9 @@ static double stage_memory_bytes_(const Trainer *t, int stage, int micro, int re
     double acts = (double)in_flight * t5_acts_bytes(c, r, micro, t->o.enc_len, t->o.dec_len, recompute)
                 + (double)t5_scratch_bytes(c, r, micro, t->o.enc_len, t->o.dec_len, recompute);
     double pipe = t->plan_pp > 1 ? (double)(in_flight + 3) * micro * (t->o.enc_len + t->o.dec_len) * c->d_model * 4.0 : 0;
-    return params * 8.0 + state * 4.0 + extra + acts + pipe;
+    /* the data-parallel reducer stages about two buckets (dp_staging_bytes: 52-78 MB on small) */
+    double staging = t->plan_dp > 1 ? 3.0 * DP_DEFAULT_BUCKET_BYTES : 0;
+    return params * 8.0 + state * 4.0 + extra + acts + pipe + staging;
 }
 
 /* The largest need over the stages: every rank plans the same, so all agree. */
