@@ -34,6 +34,7 @@
 #include "ckpt/ckpt.h"
 #include "ckpt/hf.h"
 #include "ckpt/safetensors.h"
+#include "common/args.h"
 #include "common/util.h"
 #include "pretrain/t5_config.h"
 #include "pretrain/t5_model.h"
@@ -59,21 +60,40 @@ static int die_usage_(const char *msg, const char *arg) {
     return 2;
 }
 
-/* Parse "--key value" pairs into vals (indexed like keys) and the flag --force; 0 or a usage error
- * code. Keys in `optional` may be absent. */
-static int parse_opts_(int argc, char **argv, const char *const *keys, const char **vals, int nkeys,
-                       const char *optional, int *force) {
-    *force = 0;
-    for (int i = 0; i < argc; i++) {
-        if (!strcmp(argv[i], "--force")) { *force = 1; continue; }
-        int k = 0;
-        while (k < nkeys && strcmp(argv[i], keys[k]) != 0) k++;
-        if (k == nkeys) return die_usage_("unknown option", argv[i]);
-        if (i + 1 >= argc) return die_usage_("option needs a value", argv[i]);
-        vals[k] = argv[++i];
+/* The options of every command, parsed by the shared parser (common/args.h). */
+typedef struct {
+    char model[4096], out[4096], spm[4096], hf[4096], variant[128], seed[32];
+    int force;
+} CkptOptions;
+
+static const ArgSpec SPECS[] = {
+    ARG_STR_(CkptOptions, model, NULL, "DIR", "export: a weights folder, checkpoint or run directory", NULL),
+    ARG_STR_(CkptOptions, out, NULL, "DIR", "export, import, init: the folder to write", NULL),
+    ARG_STR_(CkptOptions, spm, NULL, "FILE", "export of a checkpoint: the SentencePiece model (default: the run's --spm)", NULL),
+    ARG_STR_(CkptOptions, hf, NULL, "DIR", "import: a Hugging Face T5 folder", NULL),
+    ARG_STR_(CkptOptions, variant, NULL, "NAME", "init: the variant", NULL),
+    ARG_STR_(CkptOptions, seed, NULL, "N", "init: the seed", "0"),
+    ARG_FLAG_(CkptOptions, force, "replace an existing output folder (atomically)"),
+};
+static unsigned char given_[sizeof SPECS / sizeof SPECS[0]];
+static const ArgParser PARSER = {"usage: t5ckpt COMMAND ... (t5ckpt --help)", SPECS,
+                                 (int)(sizeof SPECS / sizeof SPECS[0]), given_};
+
+/* Parse a command's options: `required` and `allowed` are '|'-separated option names. 0 or a
+ * usage error code. */
+static int parse_opts_(int argc, char **argv, CkptOptions *o, const char *required, const char *allowed) {
+    memset(o, 0, sizeof *o);
+    char err[1024];
+    if (args_parse(&PARSER, o, NULL, argc, argv, 0, NULL, NULL, 0, NULL, err, sizeof err) != 0)
+        return die_usage_(err, NULL);
+    for (int i = 0; i < PARSER.n_specs; i++) {
+        const char *nm = SPECS[i].name;
+        char flag[64];
+        snprintf(flag, sizeof flag, "--%s", nm);
+        int need = strstr(required, nm) != NULL, may = need || strstr(allowed, nm) != NULL;
+        if (given_[i] && !may) return die_usage_("option not used by this command", flag);
+        if (need && !given_[i]) return die_usage_("missing option", flag);
     }
-    for (int k = 0; k < nkeys; k++)
-        if (!vals[k] && !strstr(optional, keys[k])) return die_usage_("missing option", keys[k]);
     return 0;
 }
 
@@ -378,27 +398,24 @@ int main(int argc, char **argv) {
         if (argc != 3) return die_usage_("expected one folder", cmd);
         return cmd_info_(argv[2], !strcmp(cmd, "verify"));
     }
-    int force;
+    CkptOptions o;
     if (!strcmp(cmd, "export")) {
-        const char *keys[3] = {"--model", "--out", "--spm"}, *vals[3] = {0};
-        int rc = parse_opts_(argc - 2, argv + 2, keys, vals, 3, "--spm", &force);
+        int rc = parse_opts_(argc - 2, argv + 2, &o, "model|out", "spm|force");
         if (rc) return rc;
         char cdir[4096];
-        int isck = ckpt_dir_of_(vals[0], cdir, sizeof cdir);
+        int isck = ckpt_dir_of_(o.model, cdir, sizeof cdir);
         if (isck < 0) return 1;
-        if (isck) return export_ckpt_(cdir, vals[1], vals[2], force);
-        if (vals[2]) fprintf(stderr, "t5ckpt: --spm is used only when exporting a checkpoint; ignored\n");
-        return convert_(vals[0], vals[1], force);
+        if (isck) return export_ckpt_(cdir, o.out, o.spm[0] ? o.spm : NULL, o.force);
+        if (o.spm[0]) fprintf(stderr, "t5ckpt: --spm is used only when exporting a checkpoint; ignored\n");
+        return convert_(o.model, o.out, o.force);
     }
     if (!strcmp(cmd, "import")) {
-        const char *keys[2] = {"--hf", "--out"}, *vals[2] = {0};
-        int rc = parse_opts_(argc - 2, argv + 2, keys, vals, 2, "", &force);
-        return rc ? rc : convert_(vals[0], vals[1], force);
+        int rc = parse_opts_(argc - 2, argv + 2, &o, "hf|out", "force");
+        return rc ? rc : convert_(o.hf, o.out, o.force);
     }
     if (!strcmp(cmd, "init")) {
-        const char *keys[3] = {"--variant", "--seed", "--out"}, *vals[3] = {0};
-        int rc = parse_opts_(argc - 2, argv + 2, keys, vals, 3, "--seed", &force);
-        return rc ? rc : cmd_init_(vals[0], vals[1], vals[2], force);
+        int rc = parse_opts_(argc - 2, argv + 2, &o, "variant|out", "seed|force");
+        return rc ? rc : cmd_init_(o.variant, o.seed[0] ? o.seed : NULL, o.out, o.force);
     }
     return die_usage_("unknown command", cmd);
 }
