@@ -94,6 +94,13 @@ void data_free_files(char **files, int n_files);
 int data_files_check(const char *const *files, int n, size_t max_line_bytes, char *err,
                      size_t errlen);
 
+/* How many of the files a[0..na) are also among b[0..nb) (same device and inode, so another
+ * spelling of a path matches too); their names, comma-separated, in msg (truncated to msglen;
+ * msg may be NULL). Files that cannot be stat()ed are not counted. For the trainer's warning
+ * "training files that are also validation files". */
+int data_files_overlap(const char *const *a, int na, const char *const *b, int nb, char *msg,
+                       size_t msglen);
+
 /* Validate the configuration, open the tokenizer and check the files are readable. Files are
  * opened lazily by the streams. NULL with a message in err on any error (nothing leaks). */
 DataLoader *data_loader_open(const DataLoaderConfig *cfg, char *err, size_t errlen);
