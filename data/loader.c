@@ -545,7 +545,7 @@ int data_files_check(const char *const *files, int n, size_t max_line_bytes, cha
                     snprintf(why, sizeof why, "damaged before its first record: %.*s", (int)fl,
                              first);
                 else if (st->lines == 0)
-                    snprintf(why, sizeof why, "empty (no lines after decompression)");
+                    snprintf(why, sizeof why, "empty (no non-blank line after decompression)");
                 else
                     snprintf(why, sizeof why, "not C4 JSON Lines: %s%ld lines, %ld bad records, "
                              "none a JSON object with a non-empty \"text\" (first: %.*s)",

@@ -85,7 +85,7 @@ void data_free_files(char **files, int n_files);
  * none is read to its end, or for at most 100000 records / 256 MiB decompressed. Nothing is
  * printed. Returns 0 when every file is fine, else the number of files that are not, with err
  * (truncated to errlen) naming every one of them and why, then a HINT:
- *   "these data files hold no valid C4 record:\n  FILE: empty (no lines after decompression)
+ *   "these data files hold no valid C4 record:\n  FILE: empty (no non-blank line after decompression)
  *    \n  FILE: not C4 JSON Lines: 42 lines, 42 bad records, none ... (first: <report>)
  *    \n  FILE: damaged before its first record: <report with the compressed byte offset>
  *    \n  FILE: c4: cannot open ...\n(3 of 7 files) HINT: ..."
