@@ -119,7 +119,9 @@ typedef struct {
     size_t rest_len;
     const char *ip;             /* current input slice */
     size_t in_len;
-    int in_end;                 /* input returned 0 */
+    int in_end;                 /* input returned 0 (or failed while detecting) */
+    int in_err_set;             /* the input failed while detecting: report after pend/rest */
+    char in_err[256];
     long long in_off;           /* input bytes consumed before ip */
     /* output */
     char *out;
@@ -193,6 +195,12 @@ static int dec_fill_(Dec *d) {
         d->rest_len = 0;
         return 1;
     }
+    if (d->in_err_set) {
+        d->in_err_set = 0;
+        d->input_failed = 1;
+        dec_fail_(d, C4_TRUNCATED, d->in_off, "%s", d->in_err);
+        return -1;
+    }
     if (d->in_end) return 0;
     for (;;) {
         char msg[256] = "";
@@ -243,9 +251,10 @@ static int dec_start_(Dec *d) {
             size_t n = 0;
             int rc = d->in(d->ud, &p, &n, msg, sizeof msg);
             if (rc == 0) { d->in_end = 1; break; }
-            if (rc < 0) {
-                d->input_failed = 1;
-                dec_fail_(d, C4_TRUNCATED, 0, "%s", msg);
+            if (rc < 0) {          /* reported once the bytes before it are decoded */
+                snprintf(d->in_err, sizeof d->in_err, "%s", msg);
+                d->in_err_set = 1;
+                d->in_end = 1;
                 break;
             }
             size_t take = n < 6 - d->pend_len ? n : 6 - d->pend_len;
@@ -269,7 +278,6 @@ static int dec_start_(Dec *d) {
                  (k >= 2 && m[0] == 0x1f && m[1] == 0x9d) || (k >= 3 && m[0] == 0x5d && !m[1] && !m[2]))
             d->kind = DEC_OTHER;
     }
-    if (d->failed) return -1;
     switch (d->kind) {
     case DEC_GZIP:
         if (inflateInit2(&d->z, 15 + 16) != Z_OK) FATAL(NULL, "inflateInit2 failed (out of memory?)");

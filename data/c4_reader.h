@@ -2,8 +2,9 @@
  * data/c4_reader.h: stream documents out of C4 files.
  *
  * Accepts the files users download (c4-train.00000-of-01024.json.gz), the same JSON Lines as
- * .json.zst, plain .json, or a .tar (optionally compressed) holding such files; libarchive does all
- * decompression and container handling, so memory stays bounded whatever the file size.
+ * .json.zst, plain .json, or a .tar (optionally compressed) holding such files. gzip and zstd are
+ * decoded here (zlib, libzstd: exact about damage, checksums checked), tar and any other
+ * compression by libarchive; everything streams, so memory stays bounded whatever the file size.
  *
  * Each line is one JSON object; its string field "text" is the document ("url" and "timestamp"
  * are kept for reports). Bad records are skipped deterministically and counted by reason; the

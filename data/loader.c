@@ -545,7 +545,7 @@ int data_files_check(const char *const *files, int n, size_t max_line_bytes, cha
                     snprintf(why, sizeof why, "damaged before its first record: %.*s", (int)fl,
                              first);
                 else if (st->lines == 0)
-                    snprintf(why, sizeof why, "empty (no lines after decompression)");
+                    snprintf(why, sizeof why, "empty (no non-blank line after decompression)");
                 else
                     snprintf(why, sizeof why, "not C4 JSON Lines: %s%ld lines, %ld bad records, "
                              "none a JSON object with a non-empty \"text\" (first: %.*s)",
@@ -571,6 +571,33 @@ int data_files_check(const char *const *files, int n, size_t max_line_bytes, cha
                 bad, n);
 #undef DF_ADD_
     return bad;
+}
+
+/* See loader.h. Files are the same if stat() gives the same device and inode (so different
+ * spellings of one path, and hard links, match). */
+int data_files_overlap(const char *const *a, int na, const char *const *b, int nb, char *msg,
+                       size_t msglen) {
+    char dummy[8];
+    if (!msg || msglen == 0) { msg = dummy; msglen = sizeof dummy; }
+    msg[0] = '\0';
+    size_t used = 0;
+    int both = 0;
+    for (int i = 0; i < na; i++) {
+        struct stat sa;
+        if (stat(a[i], &sa) != 0) continue;
+        for (int j = 0; j < nb; j++) {
+            struct stat sb;
+            if (stat(b[j], &sb) != 0 || sa.st_dev != sb.st_dev || sa.st_ino != sb.st_ino) continue;
+            if (used < msglen) {
+                int w = snprintf(msg + used, msglen - used, "%s%s", both ? ", " : "", a[i]);
+                if (w > 0) used += (size_t)w;
+                if (used >= msglen) used = msglen;
+            }
+            both++;
+            break;
+        }
+    }
+    return both;
 }
 
 DataLoader *data_loader_open(const DataLoaderConfig *cfg, char *err, size_t errlen) {

@@ -85,7 +85,7 @@ void data_free_files(char **files, int n_files);
  * none is read to its end, or for at most 100000 records / 256 MiB decompressed. Nothing is
  * printed. Returns 0 when every file is fine, else the number of files that are not, with err
  * (truncated to errlen) naming every one of them and why, then a HINT:
- *   "these data files hold no valid C4 record:\n  FILE: empty (no lines after decompression)
+ *   "these data files hold no valid C4 record:\n  FILE: empty (no non-blank line after decompression)
  *    \n  FILE: not C4 JSON Lines: 42 lines, 42 bad records, none ... (first: <report>)
  *    \n  FILE: damaged before its first record: <report with the compressed byte offset>
  *    \n  FILE: c4: cannot open ...\n(3 of 7 files) HINT: ..."
@@ -93,6 +93,13 @@ void data_free_files(char **files, int n_files);
  * the damage when training reaches it). The trainer calls this in --dry-run and before step 0. */
 int data_files_check(const char *const *files, int n, size_t max_line_bytes, char *err,
                      size_t errlen);
+
+/* How many of the files a[0..na) are also among b[0..nb) (same device and inode, so another
+ * spelling of a path matches too); their names, comma-separated, in msg (truncated to msglen;
+ * msg may be NULL). Files that cannot be stat()ed are not counted. For the trainer's warning
+ * "training files that are also validation files". */
+int data_files_overlap(const char *const *a, int na, const char *const *b, int nb, char *msg,
+                       size_t msglen);
 
 /* Validate the configuration, open the tokenizer and check the files are readable. Files are
  * opened lazily by the streams. NULL with a message in err on any error (nothing leaks). */

@@ -62,7 +62,7 @@ if [ -L "$RUN_DIR" ]; then refuse "it is a symbolic link"; fi
 if [ -e "$RUN_DIR" ] && [ ! -d "$RUN_DIR" ]; then refuse "it exists and is not a directory"; fi
 if [ -d "$RUN_DIR" ] && [ -n "$(ls -A "$RUN_DIR")" ]; then
     if [ ! -f "$RUN_DIR/$MARKER" ]; then
-        refuse "it is not empty and was not made by 'make run' (no $MARKER file in it)"
+        refuse "it is not empty and was not made by 'make run' (no $MARKER file in it; a run/sample from before make run marked its runs counts as yours: move it away)"
     fi
     if grep -q '^entry ' "$RUN_DIR/$MARKER"; then   # the previous run finished: compare
         while IFS= read -r e; do

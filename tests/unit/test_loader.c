@@ -592,6 +592,15 @@ static void test_no_usable_documents(void) {
     CHECKF(strstr(err, p1) == NULL && strstr(err, p0) == NULL &&
            strstr(err, "(3 of 5 files) HINT: "), "'%s'", err);
     CHECK_EQ_INT(data_files_check(all, 5, 0, NULL, 0), 3);     /* err may be NULL */
+    /* data_files_overlap: by identity, not by spelling */
+    char p1b[400];
+    snprintf(p1b, sizeof p1b, "%s/./two.json", dir);
+    const char *val[] = { p2, p1b };
+    CHECK_EQ_INT(data_files_overlap(all, 2, val, 2, err, sizeof err), 1);
+    CHECK_STR(err, p1);
+    CHECK_EQ_INT(data_files_overlap(all, 1, val, 1, err, sizeof err), 0);
+    CHECK_STR(err, "");
+    CHECK_EQ_INT(data_files_overlap(all, 3, val, 2, NULL, 0), 2);
     unlink(p0); unlink(p1); unlink(p2); unlink(p4); rmdir(dir);
 }
 
