@@ -387,12 +387,12 @@ static int open_data_(Trainer *t, char *err, size_t errlen) {
         t->val_cfg.prefetch = 0;
         t->val_cfg.max_epochs = 1;
         t->val_cfg.seed = (uint64_t)o->seed + 1;
-        int same = 0;
-        for (int i = 0; i < t->n_val_files; i++)
-            for (int j = 0; j < t->n_files; j++) same += !strcmp(t->val_files[i], t->files[j]);
+        char msg[2048];
+        int same = data_files_overlap((const char *const *)t->files, t->n_files, (const char *const *)t->val_files,
+                                      t->n_val_files, msg, sizeof msg);
         if (same && t->is_root)
-            fprintf(stderr, "t5pretrain: warning: %d validation file(s) are also training files; the "
-                    "validation loss then measures memorisation, not generalisation\n", same);
+            fprintf(stderr, "t5pretrain: warning: %d validation file(s) are also training files (%s); the "
+                    "validation loss then measures memorisation, not generalisation\n", same, msg);
     }
     return 0;
 }
@@ -1271,6 +1271,10 @@ int trainer_run(Trainer *t) {
                         "HINT: %s\n", t->step + 1, rc == -2 ? "non-finite gradient" : "the data loader failed (see above)",
                         t->step, rc == -2 ? "lower the learning rate, or inspect the batch with t5data dump-batch --step S"
                                           : "fix or remove the file named above and resume with --resume");
+            if (t->is_root && t->loader && rc == -1) {
+                printf("t5pretrain: data read by rank 0:\n");
+                data_loader_print_stats(t->loader, stdout);
+            }
             finish_background_save_(t);
             if (t->step > 0 && t->last_saved_step != t->step) trainer_save(t, 0);
             return T5_EXIT_FAILURE;
