@@ -251,7 +251,9 @@ DpReducer *dp_reducer_create(MPI_Comm dp, const DpTensor *tensors, int n_tensors
                       "free memory or lower the bucket size", "cannot allocate %zu MB of dp staging",
                       r->arena_len * sizeof(float) >> 20);
         int *ub = NULL, flag = 0;
-        MPI_CHECK(MPI_Comm_get_attr(r->comm, MPI_TAG_UB, &ub, &flag));
+        /* MPI_TAG_UB is a predefined attribute of MPI_COMM_WORLD; communicators from
+         * MPI_Comm_split do not carry it in Open MPI (flag 0), but the bound holds for all */
+        MPI_CHECK(MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag));
         if (!flag || !ub || (long)*ub < 2L * r->n_ops + 2)
             mpi_fatal("raise bucket_bytes or merge tensors", "dp needs %d message tags, MPI allows %d",
                       2 * r->n_ops + 2, flag && ub ? *ub : 0);
