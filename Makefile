@@ -88,6 +88,7 @@ run: deps all
 
 bench: all
 	@bash tests/bench.sh
+	@bash tests/bench_parallel.sh
 
 clean:
 	rm -rf build bin

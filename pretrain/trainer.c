@@ -410,6 +410,7 @@ static int open_loader_(Trainer *t, char *err, size_t errlen) {
 typedef struct {
     double loss, ce_tok, z_tok, lr, grad_norm, param_rms, target_tokens, wait_s, step_s;
     double pp_wait_s, dp_wait_s, dp_reduce_s;
+    double pp_bytes, dp_bytes;   /* sent per rank on each axis, averaged over ranks */
 } StepResult;
 
 static StepResult last_result_;
@@ -468,6 +469,7 @@ int trainer_step(Trainer *t) {
         PpStats ps;
         pp_last_stats(t->pipe, &ps);
         r.pp_wait_s = ps.wait_s;   /* the bubble as the stage that waited most saw it */
+        r.pp_bytes = ps.bytes_sent;
         MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &r.pp_wait_s, 1, MPI_DOUBLE, MPI_MAX, t->grid.world));
     } else {
         for (int row = 0; row < t->local_rows; row += t->micro) {
@@ -486,6 +488,13 @@ int trainer_step(Trainer *t) {
     dp_last_stats(t->dp, &ds);
     r.dp_wait_s = ds.wait_s;
     r.dp_reduce_s = ds.reduce_s;
+    r.dp_bytes = ds.bytes;
+    if (t->grid.size > 1) {
+        double vol[2] = {r.pp_bytes, r.dp_bytes};
+        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, vol, 2, MPI_DOUBLE, MPI_SUM, t->grid.world));
+        r.pp_bytes = vol[0] / t->grid.size;
+        r.dp_bytes = vol[1] / t->grid.size;
+    }
     double sums[3] = {sum.ce_sum, sum.z_sum, (double)sum.tokens};
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, t->grid.world));
     int finite = 1;
@@ -1172,11 +1181,13 @@ static void write_metrics_(Trainer *t, const StepResult *r, double val_loss, dou
     if (t->grid.dp_size > 1) {
         metrics_num(w, "dp_wait_s", r->dp_wait_s);
         metrics_num(w, "dp_reduce_s", r->dp_reduce_s);
+        metrics_num(w, "dp_bytes", r->dp_bytes);
     }
     if (t->pipe) {
         int m = t->local_rows / t->micro, P = t->grid.pp_size;
         metrics_num(w, "pp_bubble", r->pp_wait_s / r->step_s);
         metrics_num(w, "pp_bubble_ideal", (double)(P - 1) / (m + P - 1));
+        metrics_num(w, "pp_bytes", r->pp_bytes);
     }
     if (!isnan(val_loss)) {
         metrics_num(w, "val_loss", val_loss);
