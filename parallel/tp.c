@@ -148,10 +148,20 @@ void tp_unshard_cols_local(float *global, const float *local, int rows, int cols
                (size_t)cl * sizeof(float));
 }
 
-void tp_shard_gated_wi_local(float *local, const float *global, int f, int d, int T, int r) {
-    size_t fl = (size_t)(f / T);
-    memcpy(local, global + (size_t)r * fl * d, fl * (size_t)d * sizeof(float));              /* wi_0 */
-    memcpy(local + fl * d, global + ((size_t)f + (size_t)r * fl) * d, fl * (size_t)d * sizeof(float));
+void tp_shard_stacked_local(float *local, const float *global, int parts, int rows, int cols,
+                            int T, int r) {
+    size_t rl = (size_t)(rows / T), blk = rl * (size_t)cols;
+    for (int p = 0; p < parts; p++)
+        memcpy(local + p * blk, global + ((size_t)p * rows + (size_t)r * rl) * cols,
+               blk * sizeof(float));
+}
+
+void tp_unshard_stacked_local(float *global, const float *local, int parts, int rows, int cols,
+                              int T, int r) {
+    size_t rl = (size_t)(rows / T), blk = rl * (size_t)cols;
+    for (int p = 0; p < parts; p++)
+        memcpy(global + ((size_t)p * rows + (size_t)r * rl) * cols, local + p * blk,
+               blk * sizeof(float));
 }
 
 /* ------------------------------------------------------------------------------------------ */

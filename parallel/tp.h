@@ -105,9 +105,15 @@ void tp_allreduce_sum(TpCtx *tp, float *buf, size_t n);
 void tp_shard_rows_local(float *local, const float *global, int rows, int cols, int T, int r);
 void tp_shard_cols_local(float *local, const float *global, int rows, int cols, int T, int r);
 void tp_unshard_cols_local(float *global, const float *local, int rows, int cols, int T, int r);
-/* Gated FFN wi [2f, d] = [wi_0; wi_1]: the local shard [2f/T, d] = [wi_0 rows of r; wi_1 rows of
- * r] (what t5_ffn_forward expects with f/T). */
-void tp_shard_gated_wi_local(float *local, const float *global, int f, int d, int T, int r);
+/* Stacked matrices split consistently: global [parts * rows, cols] = [P_0; P_1; ..] (the
+ * model's fused qkv [3I, d], cross-attention kv [2I, d], gated wi [2f, d] = [wi_0; wi_1]); the
+ * local shard is [parts * rows/T, cols] = [P_0 rows of r; P_1 rows of r; ..], which is what the
+ * unsplit op expects with rows/T (t5_ffn_forward with f/T; attention with H/T heads).
+ * unshard writes this rank's rows back into the global matrix. */
+void tp_shard_stacked_local(float *local, const float *global, int parts, int rows, int cols,
+                            int T, int r);
+void tp_unshard_stacked_local(float *global, const float *local, int parts, int rows, int cols,
+                              int T, int r);
 
 /* ---- column-parallel Linear: W_r [OCl, C], OCl = OC/T ---- */
 /* out[N, OCl] = inp[N, C] . W_r^T (no communication). */
@@ -130,7 +136,7 @@ void tp_rowpar_backward(TpCtx *tp, float *dinp, float *dW, const float *dout, co
                         const float *W, int N, int Kl, int OC);
 
 /* ---- feed-forward by d_ff (ReLU or gated GELU), one reduction each way ----
- * wi_r [fl, d] (ReLU) or [2 fl, d] (gated, tp_shard_gated_wi_local), wo_r [d, fl], fl = f/T.
+ * wi_r [fl, d] (ReLU) or [2 fl, d] (gated, tp_shard_stacked_local with 2 parts), wo_r [d, fl], fl = f/T.
  * out[N, d] += FFN(inp) (replicated). u [N, 2 fl] (gated; may be NULL for ReLU), h [N, fl]:
  * kept for backward. */
 void tp_ffn_forward(TpCtx *tp, float *out, float *u, float *h, const float *inp,
