@@ -498,6 +498,32 @@ double tp_adafactor_step(TpCtx *tp, const OptimConfig *c, TpSplit split, int row
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Planning. */
+
+size_t tp_params_per_rank(const T5Config *c, int T) {
+    size_t d = (size_t)c->d_model, f = (size_t)c->d_ff, h = (size_t)c->n_heads;
+    size_t I = h * (size_t)c->d_kv, V = (size_t)c->vocab_size, nb = (size_t)c->num_buckets;
+    size_t F = c->ffn == T5_FFN_GATED_GELU ? 3 : 2, t = (size_t)(T > 0 ? T : 1);
+    size_t enc_split = 4 * d * I + F * d * f, dec_split = 8 * d * I + F * d * f;
+    size_t split = (size_t)c->n_enc_layers * enc_split + (size_t)c->n_dec_layers * dec_split +
+                   V * d * (c->tied_embedding ? 1 : 2);
+    size_t repl = (size_t)c->n_enc_layers * 2 * d + nb * h + d +
+                  (size_t)c->n_dec_layers * 3 * d + nb * h + d;
+    return split / t + repl;
+}
+
+double tp_comm_bytes_per_microbatch(const T5Config *c, int B, int Lin, int Lout, int T) {
+    if (T <= 1) return 0.0;
+    double d = c->d_model, N = (double)B * Lin, M = (double)B * Lout;
+    double floats = c->n_enc_layers * 4.0 * N * d        /* attention + FFN, fwd + bwd */
+                  + c->n_dec_layers * 6.0 * M * d        /* self, cross, FFN, fwd + bwd */
+                  + N * d                                /* cross k, v input gradient */
+                  + N * d + M * d                        /* embedding lookups */
+                  + M * d + 3.0 * M;                     /* LM head backward, cross-entropy */
+    return floats * sizeof(float);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* One BLAS per process. */
 
 typedef struct {

@@ -180,6 +180,21 @@ size_t tp_adafactor_state_floats(const OptimConfig *cfg, TpSplit split, int rows
 double tp_adafactor_step(TpCtx *tp, const OptimConfig *cfg, TpSplit split, int rows, int cols,
                          float *W, const float *G, float *state, long g);
 
+/* ---- planning (for the memory plan and --dry-run) ----
+ * Parameters one rank holds at tp = T: every matrix of attention (q, k, v, o by heads), of the
+ * FFN (wi / wi_0 / wi_1, wo by d_ff) and the embedding / LM head (by vocabulary) divided by T;
+ * norms and relative-bias tables whole. T = 1 gives t5_config_num_params. The gradient and
+ * Adafactor's unfactored state scale the same way; factored state keeps the unsplit side. */
+size_t tp_params_per_rank(const T5Config *cfg, int T);
+/* Payload bytes one rank reduces over tp per micro-batch of B sequences (encoder length Lin,
+ * decoder length Lout), forward + backward, with the reductions placed as in this module:
+ * per encoder layer 2 forward + 2 backward [N, d] (N = B Lin); per decoder layer 3 + 3 [M, d]
+ * (M = B Lout) plus [N, d] for the cross-attention k, v input gradient (the sum over decoder
+ * layers can be reduced once: counted once); embeddings [N, d] + [M, d] forward; the LM head
+ * [M, d] backward and the cross-entropy 3 M floats. 0 at T = 1. A ring allreduce moves
+ * 2 (T-1)/T of the payload in and out of each rank. */
+double tp_comm_bytes_per_microbatch(const T5Config *cfg, int B, int Lin, int Lout, int T);
+
 /* ---- one BLAS per process ----
  * 0 if exactly one OpenBLAS core library is mapped, it is the OpenMP build, every mapped
  * libblas.so.3 / liblapack.so.3 comes from the same directory, and the sgemm_ that ScaLAPACK

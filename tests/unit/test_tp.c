@@ -12,6 +12,8 @@
  *
  *   test_blas_single         exactly one OpenBLAS (OpenMP) mapped; ScaLAPACK's sgemm_ in it
  *   test_check_dims          divisibility of heads / d_ff / vocabulary named in the error
+ *   test_planning            parameters per rank (T = 1 equals t5_config_num_params, ~1/T for
+ *                            xl, xxl, an ff variant) and the communication-volume model
  *   test_linear_col_row      column-parallel then row-parallel Linear (beta 0 and 1), backward
  *   test_attention_heads     self-attention split by heads (fused qkv, relative bias, causal
  *                            and not), one reduction each way, bias-table gradient summed
@@ -140,6 +142,29 @@ static void test_check_dims(void) {
     c.d_ff = 4096; c.vocab_size = 32100;
     CHECK_EQ_INT(tp_check_dims(&c, 8, err, sizeof err), -1);
     CHECK(strstr(err, "vocab_size 32100") != NULL);
+}
+
+static void test_planning(void) {
+    const char *names[3] = {"xl", "xxl", "large-ff12000"};
+    for (int i = 0; i < 3; i++) {
+        T5Config c;
+        char err[256];
+        CHECKF(t5_config_from_variant(names[i], &c, err, sizeof err) == 0, "%s", err);
+        size_t p1 = tp_params_per_rank(&c, 1), p2 = tp_params_per_rank(&c, 2);
+        size_t p4 = tp_params_per_rank(&c, 4);
+        CHECK_EQ_INT(p1, t5_config_num_params(&c));
+        CHECK(p2 < p1 && p4 < p2);
+        /* replicated = norms + bias tables: tiny, so p_T is within 0.1% of p_1 / T */
+        CHECKF(fabs((double)p2 - (double)p1 / 2) < 1e-3 * (double)p1, "%s: %zu vs %zu", names[i],
+               p2, p1);
+        CHECKF(fabs((double)p4 - (double)p1 / 4) < 1e-3 * (double)p1, "%s: %zu vs %zu", names[i],
+               p4, p1);
+        CHECK(tp_comm_bytes_per_microbatch(&c, 8, 512, 114, 1) == 0.0);
+        double b2 = tp_comm_bytes_per_microbatch(&c, 8, 512, 114, 2);
+        /* lower bound: the 4 reductions per encoder layer alone */
+        CHECK(b2 >= 4.0 * c.n_enc_layers * 8 * 512 * c.d_model * 4.0);
+        CHECK(b2 == tp_comm_bytes_per_microbatch(&c, 8, 512, 114, 4));   /* payload, not ring */
+    }
 }
 
 /* X[N,C] -> Y = X W1^T [N,OC] (column-parallel) -> Z = beta R + Y W2^T [N,D] (row-parallel) */
@@ -459,6 +484,7 @@ int main(int argc, char **argv) {
     MPI_Comm_size(MPI_COMM_WORLD, &wsize_);
     MPI_RUN(test_blas_single);
     MPI_RUN(test_check_dims);
+    MPI_RUN(test_planning);
     MPI_RUN(test_linear_col_row);
     MPI_RUN(test_attention_heads);
     MPI_RUN(test_ffn_relu);
