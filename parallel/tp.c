@@ -164,6 +164,43 @@ void tp_unshard_stacked_local(float *global, const float *local, int parts, int 
                blk * sizeof(float));
 }
 
+/* Column shard [rows, cl] of rank q, rows [p rl, (p+1) rl) = block (q -> p); rank p's row block
+ * [rl, cols] is the blocks (q -> p) of every q side by side. The column shard's block for p is
+ * contiguous, so the send side needs no packing. */
+void tp_cols_to_rows(TpCtx *tp, float *rowblk, const float *colshard, int rows, int cols) {
+    const int T = tp->size, rl = rows / T, cl = cols / T;
+    if (rows % T || cols % T)
+        mpi_fatal("split dimensions must divide by tp", "tp: [%d, %d] not divisible by %d", rows,
+                  cols, T);
+    if (T == 1) { memcpy(rowblk, colshard, (size_t)rows * cols * sizeof(float)); return; }
+    size_t blk = (size_t)rl * cl;
+    if (blk > (size_t)INT_MAX) mpi_fatal("internal limit", "tp: block of %zu floats", blk);
+    float *recv = xmalloc(blk * (size_t)T * sizeof(float));
+    MPI_CHECK(MPI_Alltoall(colshard, (int)blk, MPI_FLOAT, recv, (int)blk, MPI_FLOAT, tp->comm));
+    for (int q = 0; q < T; q++)
+        for (int i = 0; i < rl; i++)
+            memcpy(rowblk + (size_t)i * cols + (size_t)q * cl, recv + q * blk + (size_t)i * cl,
+                   (size_t)cl * sizeof(float));
+    free(recv);
+}
+
+void tp_rows_to_cols(TpCtx *tp, float *colshard, const float *rowblk, int rows, int cols) {
+    const int T = tp->size, rl = rows / T, cl = cols / T;
+    if (rows % T || cols % T)
+        mpi_fatal("split dimensions must divide by tp", "tp: [%d, %d] not divisible by %d", rows,
+                  cols, T);
+    if (T == 1) { memcpy(colshard, rowblk, (size_t)rows * cols * sizeof(float)); return; }
+    size_t blk = (size_t)rl * cl;
+    if (blk > (size_t)INT_MAX) mpi_fatal("internal limit", "tp: block of %zu floats", blk);
+    float *send = xmalloc(blk * (size_t)T * sizeof(float));
+    for (int q = 0; q < T; q++)
+        for (int i = 0; i < rl; i++)
+            memcpy(send + q * blk + (size_t)i * cl, rowblk + (size_t)i * cols + (size_t)q * cl,
+                   (size_t)cl * sizeof(float));
+    MPI_CHECK(MPI_Alltoall(send, (int)blk, MPI_FLOAT, colshard, (int)blk, MPI_FLOAT, tp->comm));
+    free(send);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* PBLAS: the K-split product with a replicated output, on the T x 1 grid.
  *

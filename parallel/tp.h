@@ -115,6 +115,14 @@ void tp_shard_stacked_local(float *local, const float *global, int parts, int ro
 void tp_unshard_stacked_local(float *global, const float *local, int parts, int rows, int cols,
                               int T, int r);
 
+/* Checkpoint layout helpers for column-split tensors (o, wo): collective, one MPI_Alltoall.
+ * cols_to_rows: every rank's column shard [rows, cols/T] -> this rank's ROW block
+ * [rows/T, cols] = global rows [r rows/T, (r+1) rows/T), a contiguous range of the global tensor
+ * (elem_offset r (rows/T) cols) that ckpt pieces can hold; rows_to_cols is the inverse (after
+ * ckpt_read of that range). rows and cols must both be divisible by T. */
+void tp_cols_to_rows(TpCtx *tp, float *rowblk, const float *colshard, int rows, int cols);
+void tp_rows_to_cols(TpCtx *tp, float *colshard, const float *rowblk, int rows, int cols);
+
 /* ---- column-parallel Linear: W_r [OCl, C], OCl = OC/T ---- */
 /* out[N, OCl] = inp[N, C] . W_r^T (no communication). */
 void tp_colpar_forward(TpCtx *tp, float *out, const float *inp, const float *W, int N, int C,

@@ -21,6 +21,7 @@
  *   test_lm_head_xent        LM head split by vocabulary + vocabulary-parallel cross-entropy
  *                            with z-loss: loss sums, logZ, d logits, d hidden, d E
  *   test_embedding           vocabulary-parallel embedding, forward exact, backward
+ *   test_cols_rows_layout    a column shard becomes the contiguous global row range and back
  *   test_adafactor_split     Adafactor on row / column shards (factored, unfactored, clipped)
  *                            equal to optim_step on the unsplit tensor over 3 steps
  */
@@ -403,6 +404,26 @@ static void test_lm_head_xent(void) {
     });
 }
 
+/* column shard <-> contiguous row block (checkpoint pieces of o / wo) */
+static void test_cols_rows_layout(void) {
+    const int rows = 48, cols = 40;
+    FOR_GROUPS({
+        seed_(71);
+        float *G = randv_((size_t)rows * cols, 1.0f);
+        int rl = rows / T, cl = cols / T;
+        float *cs = zeros_((size_t)rows * cl), *rb = zeros_((size_t)rl * cols);
+        float *back = zeros_((size_t)rows * cl);
+        tp_shard_cols_local(cs, G, rows, cols, T, r);
+        tp_cols_to_rows(tp, rb, cs, rows, cols);
+        CHECKF(memcmp(rb, G + (size_t)r * rl * cols, (size_t)rl * cols * sizeof(float)) == 0,
+               "row block is not the global range (T %d, %s)", T, tp_reduce_name(red));
+        tp_rows_to_cols(tp, back, rb, rows, cols);
+        CHECKF(memcmp(back, cs, (size_t)rows * cl * sizeof(float)) == 0, "rows_to_cols does not "
+               "invert cols_to_rows (T %d, %s)", T, tp_reduce_name(red));
+        free(G); free(cs); free(rb); free(back);
+    });
+}
+
 static void test_embedding(void) {
     const int N = 40, C = 24, V = 256;
     FOR_GROUPS({
@@ -500,6 +521,7 @@ int main(int argc, char **argv) {
     MPI_RUN(test_ffn_gated);
     MPI_RUN(test_lm_head_xent);
     MPI_RUN(test_embedding);
+    MPI_RUN(test_cols_rows_layout);
     MPI_RUN(test_adafactor_split);
     MPI_Allreduce(MPI_IN_PLACE, &test_total_failed_, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
     tp_blacs_finalize();
