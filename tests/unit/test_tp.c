@@ -489,6 +489,10 @@ static void adafactor_case_(TpCtx *tp, int T, TpReduce red, TpSplit split, int r
         CHECKF(e <= 1e-7, "adafactor [%d, %d] split %d clip %g step %ld: rel err %.3g (%zu of %zu "
                "bit-equal; T %d, %s)", rows, cols, (int)split, clip, g, e, same, nl, T,
                tp_reduce_name(red));
+        if (g == 2 && r == 0 && wrank_ == 0 && T == wsize_ && red == TP_REDUCE_MPI)
+            fprintf(stderr, "  adafactor [%d, %d] split %s clip %g, T %d, after 3 steps: rel err "
+                    "%.2g, %zu of %zu elements bit-equal\n", rows, cols, split == TP_SPLIT_ROWS ?
+                    "rows" : split == TP_SPLIT_COLS ? "cols" : "none", clip, T, e, same, nl);
     }
 #undef SHARD_
     optim_free(&opt);
