@@ -20,7 +20,7 @@ CFLAGS   ?= -O2
 CFLAGS   += -std=c11 -Wall -Wextra -Werror -fopenmp -g
 CXXFLAGS ?= -O2
 CXXFLAGS += -std=c++17 -Wall -Wextra -Werror -fopenmp -g
-LDLIBS   := -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -ldnnl -larchive -ljansson -lzstd -lz -lxxhash \
+LDLIBS   := -L$(BLASDIR) -Wl,--disable-new-dtags -Wl,-rpath,$(BLASDIR) -lopenblas -lscalapack-openmpi -ldnnl -larchive -ljansson -lzstd -lz -lxxhash \
             -lsentencepiece -lstdc++ -fopenmp -lm -lpthread
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
