@@ -233,6 +233,10 @@ typedef struct {
     void *buf[4];          /* 0: A bf16, 1: B bf16, 2: dense C, 3: scratchpad */
     size_t cap[4];         /* bytes */
     dnnl_stream_t stream;
+    int reuse;             /* inside gemm_reuse_begin/end */
+    const float *a_ptr;    /* what buf[0] holds when a_valid (reuse scope only) */
+    int a_rows, a_cols, a_ld, a_valid;
+    uint32_t a_scale;
 } Slot;
 
 static Slot *slots_[MAX_SLOTS];
@@ -477,8 +481,17 @@ static void onednn_gemm_(int is_weight, int ta, int tb, int M, int N, int K, flo
     }
     /* bf16: dense operands as stored; alpha folded into A */
     int arows = ta ? K : M, acols = ta ? M : K, brows = tb ? N : K, bcols = tb ? K : N;
-    uint16_t *a16 = slot_buf_(s, 0, (size_t)arows * acols * sizeof(uint16_t));
-    convert_(a16, A, arows, acols, lda, alpha);
+    uint16_t *a16;
+    if (s->reuse && s->a_valid && s->a_ptr == A && s->a_rows == arows && s->a_cols == acols &&
+        s->a_ld == lda && s->a_scale == fbits_(alpha)) {
+        a16 = s->buf[0];   /* converted by the previous product of this scope */
+    } else {
+        a16 = slot_buf_(s, 0, (size_t)arows * acols * sizeof(uint16_t));
+        convert_(a16, A, arows, acols, lda, alpha);
+        s->a_valid = s->reuse;
+        s->a_ptr = A; s->a_rows = arows; s->a_cols = acols; s->a_ld = lda;
+        s->a_scale = fbits_(alpha);
+    }
     const uint16_t *b16;
     if (is_weight) {
         b16 = weight_get_(B, brows, bcols, ldb, &conv);
@@ -548,6 +561,20 @@ void t5_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const f
 void t5_gemm_w(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
                int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     gemm_(1, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void gemm_reuse_begin(void) {
+    if (config_.backend != GEMM_BACKEND_ONEDNN) return;
+    Slot *s = slot_();
+    s->reuse = 1;
+    s->a_valid = 0;
+}
+
+void gemm_reuse_end(void) {
+    if (config_.backend != GEMM_BACKEND_ONEDNN) return;
+    Slot *s = slot_();
+    s->reuse = 0;
+    s->a_valid = 0;
 }
 
 void gemm_release(void) {

@@ -98,6 +98,14 @@ void t5_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const f
 void t5_gemm_w(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
                int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
+/* Reuse scope (calling thread only): between gemm_reuse_begin() and gemm_reuse_end(), an A
+ * operand with the same pointer, stored shape, stride and alpha as the previous product's A is
+ * converted to bf16 only once (the caller promises not to change it inside the scope). The
+ * Linear backward uses it: dout is A of both dinp = dout W and dW += dout^T inp. Scopes do not
+ * nest; fp32: no effect. */
+void gemm_reuse_begin(void);
+void gemm_reuse_end(void);
+
 /* Start a new weight generation: every cached bf16 weight copy is reconverted on its next use.
  * Call after every optimizer step and after loading or changing weights in any other way. */
 void gemm_weights_updated(void);

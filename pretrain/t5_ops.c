@@ -109,11 +109,13 @@ void t5_matmul_forward(float *out, const float *inp, const float *W, int N, int 
 void t5_matmul_backward(float *dinp, float dinp_beta, float *dW, const float *dout,
                         const float *inp, const float *W, int N, int C, int OC, float alpha) {
     PROF_BEGIN();
+    gemm_reuse_begin();   /* dout is A of both products: converted to bf16 once */
     if (dinp)
         t5_gemm_w(0, 0, N, C, OC, alpha, dout, OC, W, C, dinp_beta, dinp, C);
     if (dW)
         t5_gemm(1, 0, OC, C, N, alpha, dout, OC, inp, C,
                     1.0f, dW, C);
+    gemm_reuse_end();
     PROF_END(PROF_MATMUL);
 }
 
