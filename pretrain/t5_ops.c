@@ -145,10 +145,12 @@ void t5_rmsnorm_backward(float *dinp, float *dg, const float *dout, const float 
                          const float *g, const float *rstd, int N, int C) {
     PROF_BEGIN();
     int nt = omp_get_max_threads();
-    float *part = xcalloc((size_t)nt * C, sizeof(float));   /* per-thread dg partial sums */
+    /* per-thread dg partial sums in double: a float sum over N/threads = 2048 tokens drifts by
+     * ~1e-6 relative (tests/unit/test_op_precision.c) */
+    double *part = xcalloc((size_t)nt * C, sizeof(double));
 #pragma omp parallel
     {
-        float *acc = part + (size_t)omp_get_thread_num() * C;
+        double *acc = part + (size_t)omp_get_thread_num() * C;
 #pragma omp for schedule(static)
         for (int n = 0; n < N; n++) {
             const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
@@ -160,12 +162,15 @@ void t5_rmsnorm_backward(float *dinp, float *dg, const float *dout, const float 
 #pragma omp simd
             for (int c = 0; c < C; c++) {
                 dx[c] += r * g[c] * dy[c] - coef * x[c];
-                acc[c] += dy[c] * x[c] * r;
+                acc[c] += (double)(dy[c] * x[c] * r);
             }
         }
     }
-    for (int t = 0; t < nt; t++)
-        for (int c = 0; c < C; c++) dg[c] += part[(size_t)t * C + c];
+    for (int c = 0; c < C; c++) {
+        double sdg = 0.0;
+        for (int t = 0; t < nt; t++) sdg += part[(size_t)t * C + c];
+        dg[c] += (float)sdg;
+    }
     free(part);
     PROF_END(PROF_NORM);
 }
@@ -208,9 +213,21 @@ void t5_relbias_backward(float *dtable, const float *dbias_rel, int B, int Lq, i
  * them when float compares are declared non-trapping. We never rely on FP exceptions. */
 #define VEC_KERNEL __attribute__((optimize("no-trapping-math")))
 
-/* Fast exp for the softmax: exp(x) for -87 <= x <= 0.3 via 2^n * p(r), rel err < 3e-7 (callers
- * pass x - max <= 0); x < -87 -> 0.
- * Written as plain arithmetic so `omp simd` loops vectorise it. */
+/* Fast exp for the softmaxes: exp(x) for -87 <= x <= 0.3 via 2^n * p(r), r = x - n ln2 with
+ * |r| <= ln2/2 and p the degree-7 Taylor polynomial (truncation r^8/8! < 5.3e-9 relative), so
+ * the error is that of the float arithmetic, ~1-2 ulp (rel. err < 2.5e-7, RMS ~6e-8; the
+ * degree-6 version before was biased by up to 1.2e-7 from truncation alone; measured by
+ * tests/unit/test_op_precision.c); x < -87 -> 0. exp_neg_d_ takes the argument in double, for
+ * callers whose argument x - logZ would lose bits if rounded to float first (|logZ| ~ 10-20:
+ * half an ulp is 5e-7 absolute, i.e. 5e-7 relative in exp). Plain arithmetic, so `omp simd`
+ * loops vectorise them. */
+static inline VEC_KERNEL float exp_poly_(float r, int n) {
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666667f + r * (0.041666668f +
+              r * (0.0083333338f + r * (0.0013888889f + r * 0.00019841270f))))));
+    union { float f; int32_t i; } s;
+    s.i = (n + 127) << 23;
+    return p * s.f;
+}
 static inline VEC_KERNEL float exp_neg_(float x) {
     float xc = x < -87.0f ? -87.0f : x;
     float t = xc * 1.44269504088896341f;            /* x / ln 2 */
@@ -218,13 +235,15 @@ static inline VEC_KERNEL float exp_neg_(float x) {
     float fn = (float)n;
     float r = xc - fn * 0.693145751953125f;          /* Cody-Waite: ln2 = hi + lo */
     r = r - fn * 1.428606765330187045e-06f;
-    /* exp(r) on |r| <= ln2/2, degree-6 minimax-ish Taylor */
-    float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.1666666667f + r * (0.04166666667f +
-              r * (0.008333333333f + r * 0.001388888889f)))));
-    union { float f; int32_t i; } s;
-    s.i = (n + 127) << 23;
-    float y = p * s.f;
+    float y = exp_poly_(r, n);
     return x < -87.0f ? 0.0f : y;
+}
+static inline VEC_KERNEL float exp_neg_d_(double x) {
+    double xc = x < -87.0 ? -87.0 : x;
+    int n = (int)(xc * 1.4426950408889634 - 0.5);
+    float r = (float)(xc - (double)n * 0.69314718055994531);   /* exact enough in double */
+    float y = exp_poly_(r, n);
+    return x < -87.0 ? 0.0f : y;
 }
 
 /* Softmax of one row in place: row[Lk] scores; visible keys j < jend with segk[j] == sq. */
@@ -439,30 +458,35 @@ void t5_embedding_backward(float *dE, const int32_t *ids, const float *dout, int
 VEC_KERNEL void t5_xent_forward(T5LossStats *stats, float *logZ, const float *logits,
                      const int32_t *labels, int N, int V) {
     PROF_BEGIN();
-    double *ce = xmalloc((size_t)N * sizeof(double));
+    double *ce = xmalloc((size_t)N * sizeof(double)), *lzd = xmalloc((size_t)N * sizeof(double));
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *row = logits + (size_t)n * V;
         float mx = -INFINITY;
 #pragma omp simd reduction(max:mx)
         for (int j = 0; j < V; j++) mx = row[j] > mx ? row[j] : mx;
-        float sum = 0.0f;
+        /* the sum over V = 32128 terms in double: in float it drifts by ~2e-6 relative, an error
+         * every probability of the row would inherit (tests/unit/test_op_precision.c) */
+        double sum = 0.0;
 #pragma omp simd reduction(+:sum)
-        for (int j = 0; j < V; j++) sum += exp_neg_(row[j] - mx);
-        float lz = mx + logf(sum);
-        logZ[n] = lz;
-        ce[n] = labels[n] != 0 ? (double)lz - (double)row[labels[n]] : 0.0;
+        for (int j = 0; j < V; j++) sum += (double)exp_neg_(row[j] - mx);
+        double lz = (double)mx + log(sum);
+        logZ[n] = (float)lz;
+        lzd[n] = lz;
+        ce[n] = labels[n] != 0 ? lz - (double)row[labels[n]] : 0.0;
     }
     for (int n = 0; n < N; n++) {   /* serial sums: the result does not depend on thread count */
         if (labels[n] == 0) continue;
         stats->ce_sum += ce[n];
-        stats->z_sum += (double)logZ[n] * (double)logZ[n];
+        stats->z_sum += lzd[n] * lzd[n];
         stats->tokens++;
     }
     free(ce);
+    free(lzd);
     PROF_END(PROF_XENT);
 }
 
+/* p = exp(x - logZ) with the difference taken in double (see exp_neg_d_). */
 VEC_KERNEL void t5_xent_backward(float *logits, const float *logZ, const int32_t *labels, int N, int V,
                       float zc, float scale) {
     PROF_BEGIN();
@@ -470,11 +494,11 @@ VEC_KERNEL void t5_xent_backward(float *logits, const float *logZ, const int32_t
     for (int n = 0; n < N; n++) {
         float *row = logits + (size_t)n * V;
         if (labels[n] == 0) { memset(row, 0, (size_t)V * sizeof(float)); continue; }
-        float lz = logZ[n], a = scale * (1.0f + 2.0f * zc * lz);
+        double lz = logZ[n];
+        float a = scale * (1.0f + 2.0f * zc * (float)lz);
 #pragma omp simd
-        for (int j = 0; j < V; j++) row[j] = a * exp_neg_(row[j] - lz);
+        for (int j = 0; j < V; j++) row[j] = a * exp_neg_d_((double)row[j] - lz);
         row[labels[n]] -= scale;
     }
     PROF_END(PROF_XENT);
 }
-
