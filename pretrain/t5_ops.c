@@ -486,11 +486,14 @@ void t5_attention_backward(float *dq, int lddq, float *dk, int lddk, float *dv, 
         for (int i = 0; i < Lq; i++)
             softmax_row_backward_(A + (size_t)i * Lk, dS + (size_t)i * Lk,
                                   db ? db + (Lq - 1 - i) : NULL, Lk);
-        /* dQ[Lq,K] = dS[Lq,Lk] . K[Lk,K];  dK[Lk,K] = dS^T[Lk,Lq] . Q[Lq,K] */
+        /* dQ[Lq,K] = dS[Lq,Lk] . K[Lk,K];  dK[Lk,K] = dS^T[Lk,Lq] . Q[Lq,K]; dS is A of both
+         * (converted to bf16 once) */
+        gemm_reuse_begin();
         t5_gemm(0, 0, Lq, K, Lk, 1.0f, dS, Lk,
                     k + ko * ldk + ho, ldk, 0.0f, dq + qo * lddq + ho, lddq);
         t5_gemm(1, 0, Lk, K, Lq, 1.0f, dS, Lk,
                     q + qo * ldq + ho, ldq, 0.0f, dk + ko * lddk + ho, lddk);
+        gemm_reuse_end();
     }
     PROF_END(PROF_ATTN);
 }

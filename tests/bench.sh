@@ -107,6 +107,27 @@ for v in $VARIANTS; do
                 v, a/b, la/lb, pb/pa }'
     fi
 done
+# The PyTorch peer (tests/bench_torch.py: the same small model in torch ops, fp32 and
+# torch.autocast bf16) when torch is installed (Debian python3-torch); BENCH_TORCH=0 skips it.
+if [ "${BENCH_TORCH:-1}" != 0 ] && python3 -c 'import torch' 2>/dev/null; then
+    echo
+    echo "== PyTorch peer: t5-efficient-small shapes, B=$B Le=512 Ld=$LD, $THREADS threads"
+    if env OMP_NUM_THREADS="$THREADS" python3 tests/bench_torch.py --batch "$B" --dec-len "$LD" \
+            --steps "$STEPS" --threads "$THREADS" >"$out/torch.log" 2>&1; then
+        sed 's/^/  /' "$out/torch.log"
+        for p in fp32 bf16; do
+            ts=$(grep "\"precision\": \"$p\"" "$out/torch.log" | sed -n 's/.*"step_s": \([0-9.eE+-]*\).*/\1/p')
+            f=$out/t5-efficient-small-$p.log
+            if [ -n "$ts" ] && grep -qs '"step_s"' "$f"; then
+                awk -v p="$p" -v a="$ts" -v b="$(num "$f" step_s)" 'BEGIN{
+                    printf "  %s: ours %.3f s vs PyTorch %.3f s per step (PyTorch step: SGD, not Adafactor): %.2fx\n", p, b, a, a/b }'
+            fi
+        done
+    else
+        echo "  (PyTorch peer failed, see $out/torch.log)"
+    fi
+fi
+
 echo
 echo "== per-op profile (s per step, mean of the timed steps)"
 printf '%-20s %4s' variant prec
