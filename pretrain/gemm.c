@@ -118,6 +118,41 @@ int gemm_set_config(const GemmConfig *cfg, char *err, size_t errlen) {
 
 void gemm_get_config(GemmConfig *cfg) { *cfg = config_; }
 
+int gemm_setup_precision(const char *precision, char *line, size_t linelen, char *err,
+                         size_t errlen) {
+    GemmConfig c;
+    char why[256];
+    gemm_default_config(&c, why, sizeof why);
+    int explicit_ = precision && *precision && strcmp(precision, "auto") != 0;
+    if (explicit_) {
+        GemmPrecision p;
+        if (gemm_parse_precision(precision, &p) != 0) {
+            set_error(err, errlen, "unknown precision '%s' (fp32, bf16 or auto)", precision);
+            return -1;
+        }
+        c.precision = p;
+        c.backend = p == GEMM_BF16 ? GEMM_BACKEND_ONEDNN : GEMM_BACKEND_OPENBLAS;
+    }
+    char e2[256];
+    if (gemm_set_config(&c, e2, sizeof e2) != 0) {
+        set_error(err, errlen, "--precision %s is not available here: %s",
+                  gemm_precision_name(c.precision), e2);
+        return -1;
+    }
+    gemm_weights_updated();
+    const char *reason = why;
+    if (!strncmp(reason, "bf16: ", 6) || !strncmp(reason, "fp32: ", 6)) reason += 6;
+    if (line) {
+        if (explicit_)
+            snprintf(line, linelen, "precision %s (--precision; the default here would be %s: %s)",
+                     gemm_precision_name(c.precision), why[0] == 'b' ? "bf16" : "fp32", reason);
+        else
+            snprintf(line, linelen, "precision %s (default: %s)", gemm_precision_name(c.precision),
+                     reason);
+    }
+    return 0;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * bf16 rounding: the top 16 bits of the fp32 pattern after round-to-nearest-even; NaN is kept
  * a (quiet) NaN. Written as integer arithmetic so the conversion loops vectorise. */

@@ -323,20 +323,15 @@ int main(int argc, char **argv) {
         return 2;
     }
     printf("t5bench: BLAS %s\n", blas_runtime_describe());
-    GemmConfig gc;
-    char why[256];
-    gemm_default_config(&gc, why, sizeof why);
-    if (o.precision >= 0) {
-        gc.precision = (GemmPrecision)o.precision;
-        gc.backend = gc.precision == GEMM_BF16 ? GEMM_BACKEND_ONEDNN : GEMM_BACKEND_OPENBLAS;
-        snprintf(why, sizeof why, "%s: --precision", gemm_precision_name(gc.precision));
-    }
-    if (gemm_set_config(&gc, err, sizeof err) != 0) {
-        fprintf(stderr, "t5bench: --precision %s is not available here: %s\n",
-                gemm_precision_name(gc.precision), err);
+    char line[512];
+    if (gemm_setup_precision(o.precision >= 0 ? gemm_precision_name((GemmPrecision)o.precision)
+                                              : NULL, line, sizeof line, err, sizeof err) != 0) {
+        fprintf(stderr, "t5bench: %s\n", err);
         return 2;
     }
-    printf("t5bench: precision %s (%s)\n", gemm_precision_name(gc.precision), why);
+    GemmConfig gc;
+    gemm_get_config(&gc);
+    printf("t5bench: %s\n", line);
     fflush(stdout);
 
     /* Both peaks, before and after the model (see PeakPair). */

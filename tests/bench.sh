@@ -109,10 +109,10 @@ for v in $VARIANTS; do
 done
 # The PyTorch peer (tests/bench_torch.py: the same small model in torch ops, fp32 and
 # torch.autocast bf16) when torch is installed (Debian python3-torch); BENCH_TORCH=0 skips it.
-if [ "${BENCH_TORCH:-1}" != 0 ] && python3 -c 'import torch' 2>/dev/null; then
+if [ "${BENCH_TORCH:-1}" != 0 ] && /usr/bin/python3 -c 'import torch' 2>/dev/null; then
     echo
     echo "== PyTorch peer: t5-efficient-small shapes, B=$B Le=512 Ld=$LD, $THREADS threads"
-    if env OMP_NUM_THREADS="$THREADS" python3 tests/bench_torch.py --batch "$B" --dec-len "$LD" \
+    if env OMP_NUM_THREADS="$THREADS" /usr/bin/python3 tests/bench_torch.py --batch "$B" --dec-len "$LD" \
             --steps "$STEPS" --threads "$THREADS" >"$out/torch.log" 2>&1; then
         sed 's/^/  /' "$out/torch.log"
         for p in fp32 bf16; do

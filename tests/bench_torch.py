@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """tests/bench_torch.py: the PyTorch peer of bin/t5bench (optional; run by tests/bench.sh when
 `import torch` works, e.g. Debian's python3-torch 1.13).
 
@@ -10,7 +10,7 @@ optimizer step (torch has no Adafactor: plain SGD, so the step time is a lower b
 Adafactor step would cost), in fp32 and under torch.autocast('cpu', dtype=torch.bfloat16), and
 prints one JSON line per precision (step_s medians; fwd/bwd/opt split).
 
-    python3 tests/bench_torch.py [--batch 8] [--enc-len 512] [--dec-len 114] [--steps 5]
+    /usr/bin/python3 tests/bench_torch.py [--batch 8] [--enc-len 512] [--dec-len 114] [--steps 5]
                                  [--threads 2] [--layers 6] [--precisions fp32,bf16]
 """
 import argparse

@@ -408,6 +408,20 @@ static void test_default_policy(void) {
     GemmConfig bad = {GEMM_BF16, GEMM_BACKEND_OPENBLAS};
     char err[256];
     CHECK(gemm_set_config(&bad, err, sizeof err) != 0 && strstr(err, "oneDNN"));
+    char line[512];
+    CHECK(gemm_setup_precision("fp16", line, sizeof line, err, sizeof err) != 0 &&
+          strstr(err, "fp16"));
+    CHECK(gemm_setup_precision("fp32", line, sizeof line, err, sizeof err) == 0 &&
+          strstr(line, "precision fp32 (--precision"));
+    GemmConfig now;
+    gemm_get_config(&now);
+    CHECK(now.precision == GEMM_FP32 && now.backend == GEMM_BACKEND_OPENBLAS);
+    CHECK(gemm_setup_precision(NULL, line, sizeof line, err, sizeof err) == 0 &&
+          strstr(line, "(default: "));
+    gemm_get_config(&now);
+    CHECK(now.precision == d.precision && now.backend == d.backend);
+    printf("  info: %s\n", line);
+    set_(GEMM_FP32, GEMM_BACKEND_OPENBLAS);
     CHECK(gemm_extra_bytes(GEMM_FP32, 1000, 1000, 1000, 2) == 0);
     CHECK(gemm_extra_bytes(GEMM_BF16, 1000, 1000, 1000, 2) >= 2000 + 4000);
 }
