@@ -220,14 +220,17 @@ void t5_relbias_backward(float *dtable, const float *dbias_rel, int B, int Lq, i
  * cannot auto-vectorise `omp simd` reductions for a target-attribute clone: their lane arrays
  * are sized for the baseline ISA). Both evaluate the same formulas in the same precision; they
  * differ only in how reductions are split over lanes (a few ulp). Valgrind hides AVX-512, so it
- * checks the portable versions; the unit tests run the AVX-512 ones. */
+ * checks the portable versions; the unit tests run the AVX-512 ones (T5_NO_AVX512=1 forces the
+ * portable ones). */
 #define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
 static int use_avx512_ = -1;
 static int avx512_(void) {
     if (use_avx512_ < 0) {
         __builtin_cpu_init();
-        use_avx512_ = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+        const char *off = getenv("T5_NO_AVX512");   /* test hook: force the portable kernels */
+        use_avx512_ = !(off && *off && *off != '0') && __builtin_cpu_supports("avx512f") &&
+                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("avx512dq");
     }
     return use_avx512_;
 }
