@@ -17,6 +17,14 @@
  * feed pad positions, which carry no loss, so the loss and gradients are unaffected.
  * The inner attention width is called HK, not I, because <complex.h> defines I.
  *
+ * Precision: with --precision bf16 only the inputs of the matrix products are rounded to bf16
+ * (inside gemm.c); everything here stays fp32: RMS-norm statistics, attention logits and
+ * softmax, the LM-head logits, log-softmax, cross-entropy and z-loss. Long reductions whose
+ * float rounding would show up in training (measured against double references at the real
+ * sizes by tests/unit/test_op_precision.c) are accumulated in double: the cross-entropy's sum of
+ * 32128 exponentials (and x - logZ in its backward), the RMS-norm gain gradient over all tokens,
+ * the relative-bias gradient.
+ *
  * Set T5_PROFILE=1 to print, after every model backward, the time spent per op class.
  */
 #include "t5_ops.h"
