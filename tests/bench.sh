@@ -8,7 +8,10 @@
 #      Adafactor; median step time, tokens/s, GFLOP/s, MFU against the peak of the precision
 #      that ran (both peaks measured in each run, before and after the model; DISTURBED when
 #      the rounds disagree), per-op profile, peak RSS vs the analytical estimate; the bf16/fp32
-#      step-time ratio of the same make-bench run
+#      step-time ratio of the same make-bench run (bf16 is left out, with a message, on a
+#      machine that cannot run it)
+#   3. the PyTorch peer (tests/bench_torch.py, fp32 and torch.autocast bf16) when torch imports
+#   4. the per-op profile table of every run
 # Knobs (environment): BENCH_B (8), BENCH_LD (114: the real target length; 128 = packed rows), BENCH_STEPS (5), BENCH_THREADS (2),
 # BENCH_VARIANTS ("t5-efficient-small t5-efficient-tiny"), BENCH_PRECISIONS ("fp32 bf16"),
 # BENCH_ROUNDS (2: alternating rounds, the best of each precision is reported),
@@ -38,6 +41,12 @@ run() {  # log, then command
 }
 
 status=0
+case " $PRECISIONS " in *" bf16 "*)
+    if ! "$T5BENCH" --gemm-only --gemm-n 64 --gemm-reps 3 --precision bf16 >/dev/null 2>&1; then
+        echo "bench: bf16 cannot run here ($("$T5BENCH" --gemm-only --gemm-n 64 --precision bf16 2>&1 >/dev/null | tail -1)); fp32 only"
+        PRECISIONS=$(echo "$PRECISIONS" | sed 's/bf16//')
+    fi;;
+esac
 echo "== sgemm 2048^3, $THREADS threads, best of 2 x 5"
 run "$out/gemm-generic.log" "${clean[@]}" T5_BLAS_CORETYPE=off "$T5BENCH" --gemm-only --threads "$THREADS" || status=1
 run "$out/gemm-tuned.log" "${clean[@]}" "$T5BENCH" --gemm-only --threads "$THREADS" || status=1
