@@ -118,6 +118,41 @@ int gemm_set_config(const GemmConfig *cfg, char *err, size_t errlen) {
 
 void gemm_get_config(GemmConfig *cfg) { *cfg = config_; }
 
+int gemm_setup_precision(const char *precision, char *line, size_t linelen, char *err,
+                         size_t errlen) {
+    GemmConfig c;
+    char why[256];
+    gemm_default_config(&c, why, sizeof why);
+    int explicit_ = precision && *precision && strcmp(precision, "auto") != 0;
+    if (explicit_) {
+        GemmPrecision p;
+        if (gemm_parse_precision(precision, &p) != 0) {
+            set_error(err, errlen, "unknown precision '%s' (fp32, bf16 or auto)", precision);
+            return -1;
+        }
+        c.precision = p;
+        c.backend = p == GEMM_BF16 ? GEMM_BACKEND_ONEDNN : GEMM_BACKEND_OPENBLAS;
+    }
+    char e2[256];
+    if (gemm_set_config(&c, e2, sizeof e2) != 0) {
+        set_error(err, errlen, "--precision %s is not available here: %s",
+                  gemm_precision_name(c.precision), e2);
+        return -1;
+    }
+    gemm_weights_updated();
+    const char *reason = why;
+    if (!strncmp(reason, "bf16: ", 6) || !strncmp(reason, "fp32: ", 6)) reason += 6;
+    if (line) {
+        if (explicit_)
+            snprintf(line, linelen, "precision %s (--precision; the default here would be %s: %s)",
+                     gemm_precision_name(c.precision), why[0] == 'b' ? "bf16" : "fp32", reason);
+        else
+            snprintf(line, linelen, "precision %s (default: %s)", gemm_precision_name(c.precision),
+                     reason);
+    }
+    return 0;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * bf16 rounding: the top 16 bits of the fp32 pattern after round-to-nearest-even; NaN is kept
  * a (quiet) NaN. Written as integer arithmetic so the conversion loops vectorise. */
@@ -233,6 +268,10 @@ typedef struct {
     void *buf[4];          /* 0: A bf16, 1: B bf16, 2: dense C, 3: scratchpad */
     size_t cap[4];         /* bytes */
     dnnl_stream_t stream;
+    int reuse;             /* inside gemm_reuse_begin/end */
+    const float *a_ptr;    /* what buf[0] holds when a_valid (reuse scope only) */
+    int a_rows, a_cols, a_ld, a_valid;
+    uint32_t a_scale;
 } Slot;
 
 static Slot *slots_[MAX_SLOTS];
@@ -477,8 +516,17 @@ static void onednn_gemm_(int is_weight, int ta, int tb, int M, int N, int K, flo
     }
     /* bf16: dense operands as stored; alpha folded into A */
     int arows = ta ? K : M, acols = ta ? M : K, brows = tb ? N : K, bcols = tb ? K : N;
-    uint16_t *a16 = slot_buf_(s, 0, (size_t)arows * acols * sizeof(uint16_t));
-    convert_(a16, A, arows, acols, lda, alpha);
+    uint16_t *a16;
+    if (s->reuse && s->a_valid && s->a_ptr == A && s->a_rows == arows && s->a_cols == acols &&
+        s->a_ld == lda && s->a_scale == fbits_(alpha)) {
+        a16 = s->buf[0];   /* converted by the previous product of this scope */
+    } else {
+        a16 = slot_buf_(s, 0, (size_t)arows * acols * sizeof(uint16_t));
+        convert_(a16, A, arows, acols, lda, alpha);
+        s->a_valid = s->reuse;
+        s->a_ptr = A; s->a_rows = arows; s->a_cols = acols; s->a_ld = lda;
+        s->a_scale = fbits_(alpha);
+    }
     const uint16_t *b16;
     if (is_weight) {
         b16 = weight_get_(B, brows, bcols, ldb, &conv);
@@ -548,6 +596,20 @@ void t5_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const f
 void t5_gemm_w(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
                int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     gemm_(1, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void gemm_reuse_begin(void) {
+    if (config_.backend != GEMM_BACKEND_ONEDNN) return;
+    Slot *s = slot_();
+    s->reuse = 1;
+    s->a_valid = 0;
+}
+
+void gemm_reuse_end(void) {
+    if (config_.backend != GEMM_BACKEND_ONEDNN) return;
+    Slot *s = slot_();
+    s->reuse = 0;
+    s->a_valid = 0;
 }
 
 void gemm_release(void) {

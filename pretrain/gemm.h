@@ -80,6 +80,16 @@ int gemm_parse_precision(const char *s, GemmPrecision *p);
  * Fills cfg with the matching backend. Never fails. */
 void gemm_default_config(GemmConfig *cfg, char *why, size_t whylen);
 
+/* The start-up call of every program (t5pretrain, t5eval, t5bench): precision "fp32", "bf16" or
+ * NULL / "" / "auto" for the default policy (gemm_default_config); sets the config, and writes
+ * into line one sentence for the start-up log, e.g. "precision bf16 (default: CPU has
+ * AVX512_BF16 and oneDNN 2.6 ISA avx512_core_bf16 uses it)" or "precision fp32 (--precision; the
+ * default here would be bf16: ...)".
+ * Returns 0, or -1 with a message in err (an unknown name, or bf16 not runnable here): the caller
+ * stops with a configuration error. Also starts a new weight generation. */
+int gemm_setup_precision(const char *precision, char *line, size_t linelen, char *err,
+                         size_t errlen);
+
 /* One line for the log: backend, precision, oneDNN version and effective ISA, and the kernel
  * oneDNN picked for a representative bf16/fp32 product (e.g. "brg:avx512_core_bf16"). Static
  * storage, refreshed on each call. */
@@ -97,6 +107,14 @@ void t5_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const f
  * t5_gemm. */
 void t5_gemm_w(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
                int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+/* Reuse scope (calling thread only): between gemm_reuse_begin() and gemm_reuse_end(), an A
+ * operand with the same pointer, stored shape, stride and alpha as the previous product's A is
+ * converted to bf16 only once (the caller promises not to change it inside the scope). The
+ * Linear backward uses it: dout is A of both dinp = dout W and dW += dout^T inp. Scopes do not
+ * nest; fp32: no effect. */
+void gemm_reuse_begin(void);
+void gemm_reuse_end(void);
 
 /* Start a new weight generation: every cached bf16 weight copy is reconverted on its next use.
  * Call after every optimizer step and after loading or changing weights in any other way. */

@@ -17,10 +17,19 @@
  * feed pad positions, which carry no loss, so the loss and gradients are unaffected.
  * The inner attention width is called HK, not I, because <complex.h> defines I.
  *
+ * Precision: with --precision bf16 only the inputs of the matrix products are rounded to bf16
+ * (inside gemm.c); everything here stays fp32: RMS-norm statistics, attention logits and
+ * softmax, the LM-head logits, log-softmax, cross-entropy and z-loss. Long reductions whose
+ * float rounding would show up in training (measured against double references at the real
+ * sizes by tests/unit/test_op_precision.c) are accumulated in double: the cross-entropy's sum of
+ * 32128 exponentials (and x - logZ in its backward), the RMS-norm gain gradient over all tokens,
+ * the relative-bias gradient.
+ *
  * Set T5_PROFILE=1 to print, after every model backward, the time spent per op class.
  */
 #include "t5_ops.h"
 
+#include <immintrin.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -109,11 +118,13 @@ void t5_matmul_forward(float *out, const float *inp, const float *W, int N, int 
 void t5_matmul_backward(float *dinp, float dinp_beta, float *dW, const float *dout,
                         const float *inp, const float *W, int N, int C, int OC, float alpha) {
     PROF_BEGIN();
+    gemm_reuse_begin();   /* dout is A of both products: converted to bf16 once */
     if (dinp)
         t5_gemm_w(0, 0, N, C, OC, alpha, dout, OC, W, C, dinp_beta, dinp, C);
     if (dW)
         t5_gemm(1, 0, OC, C, N, alpha, dout, OC, inp, C,
                     1.0f, dW, C);
+    gemm_reuse_end();
     PROF_END(PROF_MATMUL);
 }
 
@@ -143,10 +154,12 @@ void t5_rmsnorm_backward(float *dinp, float *dg, const float *dout, const float 
                          const float *g, const float *rstd, int N, int C) {
     PROF_BEGIN();
     int nt = omp_get_max_threads();
-    float *part = xcalloc((size_t)nt * C, sizeof(float));   /* per-thread dg partial sums */
+    /* per-thread dg partial sums in double: a float sum over N/threads = 2048 tokens drifts by
+     * ~1e-6 relative (tests/unit/test_op_precision.c) */
+    double *part = xcalloc((size_t)nt * C, sizeof(double));
 #pragma omp parallel
     {
-        float *acc = part + (size_t)omp_get_thread_num() * C;
+        double *acc = part + (size_t)omp_get_thread_num() * C;
 #pragma omp for schedule(static)
         for (int n = 0; n < N; n++) {
             const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
@@ -158,12 +171,15 @@ void t5_rmsnorm_backward(float *dinp, float *dg, const float *dout, const float 
 #pragma omp simd
             for (int c = 0; c < C; c++) {
                 dx[c] += r * g[c] * dy[c] - coef * x[c];
-                acc[c] += dy[c] * x[c] * r;
+                acc[c] += (double)(dy[c] * x[c] * r);
             }
         }
     }
-    for (int t = 0; t < nt; t++)
-        for (int c = 0; c < C; c++) dg[c] += part[(size_t)t * C + c];
+    for (int c = 0; c < C; c++) {
+        double sdg = 0.0;
+        for (int t = 0; t < nt; t++) sdg += part[(size_t)t * C + c];
+        dg[c] += (float)sdg;
+    }
     free(part);
     PROF_END(PROF_NORM);
 }
@@ -206,28 +222,112 @@ void t5_relbias_backward(float *dtable, const float *dbias_rel, int B, int Lq, i
  * them when float compares are declared non-trapping. We never rely on FP exceptions. */
 #define VEC_KERNEL __attribute__((optimize("no-trapping-math")))
 
-/* Fast exp for the softmax: exp(x) for -87 <= x <= 0.3 via 2^n * p(r), rel err < 3e-7 (callers
- * pass x - max <= 0); x < -87 -> 0.
- * Written as plain arithmetic so `omp simd` loops vectorise it. */
-static inline VEC_KERNEL float exp_neg_(float x) {
+/* The hot row kernels (softmax, its backward, the cross-entropy rows) exist twice: portable C
+ * that GCC vectorises for the build's baseline ISA (SSE2: 4 floats per instruction), and
+ * AVX-512 intrinsics (16 per instruction), used when the CPU has AVX-512 (checked once; GCC
+ * cannot auto-vectorise `omp simd` reductions for a target-attribute clone: their lane arrays
+ * are sized for the baseline ISA). Both evaluate the same formulas in the same precision; they
+ * differ only in how reductions are split over lanes (a few ulp). Valgrind hides AVX-512, so it
+ * checks the portable versions; the unit tests run the AVX-512 ones (T5_NO_AVX512=1 forces the
+ * portable ones). */
+#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+static int use_avx512_ = -1;
+static int avx512_(void) {
+    if (use_avx512_ < 0) {
+        __builtin_cpu_init();
+        const char *off = getenv("T5_NO_AVX512");   /* test hook: force the portable kernels */
+        use_avx512_ = !(off && *off && *off != '0') && __builtin_cpu_supports("avx512f") &&
+                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("avx512dq");
+    }
+    return use_avx512_;
+}
+#define HAVE_AVX512() (use_avx512_ > 0 || (use_avx512_ < 0 && avx512_()))
+
+/* exp_neg_ for 16 lanes, the same operations as the scalar version (no FMA contraction). */
+static inline AVX512_TARGET __m512 exp_poly_v_(__m512 r, __m512i n) {
+    __m512 p = _mm512_set1_ps(0.00019841270f);
+    p = _mm512_add_ps(_mm512_mul_ps(r, p), _mm512_set1_ps(0.0013888889f));
+    p = _mm512_add_ps(_mm512_mul_ps(r, p), _mm512_set1_ps(0.0083333338f));
+    p = _mm512_add_ps(_mm512_mul_ps(r, p), _mm512_set1_ps(0.041666668f));
+    p = _mm512_add_ps(_mm512_mul_ps(r, p), _mm512_set1_ps(0.16666667f));
+    p = _mm512_add_ps(_mm512_mul_ps(r, p), _mm512_set1_ps(0.5f));
+    p = _mm512_add_ps(_mm512_mul_ps(r, p), _mm512_set1_ps(1.0f));
+    p = _mm512_add_ps(_mm512_mul_ps(r, p), _mm512_set1_ps(1.0f));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+static inline AVX512_TARGET __m512 exp_neg_v_(__m512 x) {
+    __m512 xc = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 t = _mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f));
+    __m512i n = _mm512_cvttps_epi32(_mm512_sub_ps(t, _mm512_set1_ps(0.5f)));
+    __m512 fn = _mm512_cvtepi32_ps(n);
+    __m512 r = _mm512_sub_ps(xc, _mm512_mul_ps(fn, _mm512_set1_ps(0.693145751953125f)));
+    r = _mm512_sub_ps(r, _mm512_mul_ps(fn, _mm512_set1_ps(1.428606765330187045e-06f)));
+    __m512 y = exp_poly_v_(r, n);
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ), y);
+}
+/* exp_neg_d_ for 16 lanes: exp((double)x - c) with the reduction in double. */
+static inline AVX512_TARGET __m512 exp_neg_d_v_(__m512 x, double c) {
+    __m512d cc = _mm512_set1_pd(c), lo = _mm512_set1_pd(-87.0);
+    __m512d l2e = _mm512_set1_pd(1.4426950408889634), ln2 = _mm512_set1_pd(0.69314718055994531);
+    __m512d x0 = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(x)), cc);
+    __m512d x1 = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(
+                                   _mm512_castps_pd(x), 1))), cc);
+    __mmask8 k0 = _mm512_cmp_pd_mask(x0, lo, _CMP_GE_OQ), k1 = _mm512_cmp_pd_mask(x1, lo, _CMP_GE_OQ);
+    x0 = _mm512_max_pd(x0, lo);
+    x1 = _mm512_max_pd(x1, lo);
+    __m256i n0 = _mm512_cvttpd_epi32(_mm512_sub_pd(_mm512_mul_pd(x0, l2e), _mm512_set1_pd(0.5)));
+    __m256i n1 = _mm512_cvttpd_epi32(_mm512_sub_pd(_mm512_mul_pd(x1, l2e), _mm512_set1_pd(0.5)));
+    __m256 r0 = _mm512_cvtpd_ps(_mm512_sub_pd(x0, _mm512_mul_pd(_mm512_cvtepi32_pd(n0), ln2)));
+    __m256 r1 = _mm512_cvtpd_ps(_mm512_sub_pd(x1, _mm512_mul_pd(_mm512_cvtepi32_pd(n1), ln2)));
+    __m512 r = _mm512_insertf32x8(_mm512_castps256_ps512(r0), r1, 1);
+    __m512i n = _mm512_inserti32x8(_mm512_castsi256_si512(n0), n1, 1);
+    __mmask16 k = (__mmask16)((unsigned)k0 | ((unsigned)k1 << 8));
+    return _mm512_maskz_mov_ps(k, exp_poly_v_(r, n));
+}
+static inline AVX512_TARGET __mmask16 tail_mask_(int n) {
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
+}
+
+#define BODY static inline __attribute__((always_inline)) VEC_KERNEL void
+
+/* Fast exp for the softmaxes: exp(x) for -87 <= x <= 0.3 via 2^n * p(r), r = x - n ln2 with
+ * |r| <= ln2/2 and p the degree-7 Taylor polynomial (truncation r^8/8! < 5.3e-9 relative), so
+ * the error is that of the float arithmetic, ~1-2 ulp (rel. err < 2.5e-7, RMS ~6e-8; the
+ * degree-6 version before was biased by up to 1.2e-7 from truncation alone; measured by
+ * tests/unit/test_op_precision.c); x < -87 -> 0. exp_neg_d_ takes the argument in double, for
+ * callers whose argument x - logZ would lose bits if rounded to float first (|logZ| ~ 10-20:
+ * half an ulp is 5e-7 absolute, i.e. 5e-7 relative in exp). Plain arithmetic, so `omp simd`
+ * loops vectorise them. */
+static inline __attribute__((always_inline)) VEC_KERNEL float exp_poly_(float r, int n) {
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666667f + r * (0.041666668f +
+              r * (0.0083333338f + r * (0.0013888889f + r * 0.00019841270f))))));
+    union { float f; int32_t i; } s;
+    s.i = (n + 127) << 23;
+    return p * s.f;
+}
+static inline __attribute__((always_inline)) VEC_KERNEL float exp_neg_(float x) {
     float xc = x < -87.0f ? -87.0f : x;
     float t = xc * 1.44269504088896341f;            /* x / ln 2 */
     int n = (int)(t - 0.5f);                          /* round (t <= 0.5): truncation */
     float fn = (float)n;
     float r = xc - fn * 0.693145751953125f;          /* Cody-Waite: ln2 = hi + lo */
     r = r - fn * 1.428606765330187045e-06f;
-    /* exp(r) on |r| <= ln2/2, degree-6 minimax-ish Taylor */
-    float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.1666666667f + r * (0.04166666667f +
-              r * (0.008333333333f + r * 0.001388888889f)))));
-    union { float f; int32_t i; } s;
-    s.i = (n + 127) << 23;
-    float y = p * s.f;
+    float y = exp_poly_(r, n);
     return x < -87.0f ? 0.0f : y;
+}
+static inline __attribute__((always_inline)) VEC_KERNEL float exp_neg_d_(double x) {
+    double xc = x < -87.0 ? -87.0 : x;
+    int n = (int)(xc * 1.4426950408889634 - 0.5);
+    float r = (float)(xc - (double)n * 0.69314718055994531);   /* exact enough in double */
+    float y = exp_poly_(r, n);
+    return x < -87.0 ? 0.0f : y;
 }
 
 /* Softmax of one row in place: row[Lk] scores; visible keys j < jend with segk[j] == sq. */
-static VEC_KERNEL void softmax_row_(float *row, const float *brow, const int32_t *segk, int32_t sq,
-                         int jend, int Lk) {
+BODY softmax_row_body_(float *row, const float *brow, const int32_t *segk, int32_t sq,
+                       int jend, int Lk) {
     if (brow) {
 #pragma omp simd
         for (int j = 0; j < jend; j++) row[j] += brow[j];
@@ -254,6 +354,87 @@ static VEC_KERNEL void softmax_row_(float *row, const float *brow, const int32_t
 #pragma omp simd
     for (int j = 0; j < jend; j++) row[j] *= inv;
     for (int j = jend; j < Lk; j++) row[j] = 0.0f;
+}
+static AVX512_TARGET void softmax_row_avx512_(float *row, const float *brow,
+                                               const int32_t *segk, int32_t sq, int jend, int Lk) {
+    __m512 vmx = _mm512_set1_ps(-INFINITY), ninf = _mm512_set1_ps(-INFINITY);
+    __m512i vsq = _mm512_set1_epi32(sq);
+    for (int j = 0; j < jend; j += 16) {
+        __mmask16 m = tail_mask_(jend - j);
+        __m512 x = _mm512_maskz_loadu_ps(m, row + j);
+        if (brow) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, brow + j));
+        __mmask16 vis = _mm512_mask_cmpeq_epi32_mask(m, _mm512_maskz_loadu_epi32(m, segk + j), vsq);
+        x = _mm512_mask_mov_ps(ninf, vis, x);
+        _mm512_mask_storeu_ps(row + j, m, x);
+        vmx = _mm512_mask_max_ps(vmx, m, vmx, x);
+    }
+    float mx = _mm512_reduce_max_ps(vmx);
+    if (mx == -INFINITY) {   /* no visible key */
+        memset(row, 0, (size_t)Lk * sizeof(float));
+        return;
+    }
+    __m512 vsum = _mm512_setzero_ps(), vm = _mm512_set1_ps(mx);
+    for (int j = 0; j < jend; j += 16) {
+        __mmask16 m = tail_mask_(jend - j);
+        __m512 e = exp_neg_v_(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row + j), vm));
+        e = _mm512_maskz_mov_ps(m, e);
+        _mm512_mask_storeu_ps(row + j, m, e);
+        vsum = _mm512_add_ps(vsum, e);
+    }
+    __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+    for (int j = 0; j < jend; j += 16) {
+        __mmask16 m = tail_mask_(jend - j);
+        _mm512_mask_storeu_ps(row + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, row + j), inv));
+    }
+    for (int j = jend; j < Lk; j++) row[j] = 0.0f;
+}
+static VEC_KERNEL void softmax_row_plain_(float *row, const float *brow, const int32_t *segk,
+                                          int32_t sq, int jend, int Lk) {
+    softmax_row_body_(row, brow, segk, sq, jend, Lk);
+}
+static void softmax_row_(float *row, const float *brow, const int32_t *segk, int32_t sq,
+                         int jend, int Lk) {
+    if (HAVE_AVX512()) softmax_row_avx512_(row, brow, segk, sq, jend, Lk);
+    else softmax_row_plain_(row, brow, segk, sq, jend, Lk);
+}
+
+/* Backward of one softmax row in place: ds = a * (ds - <a, ds>); dbr[j] += ds[j] (dbr may be
+ * NULL). */
+BODY softmax_row_backward_body_(const float *a, float *ds, float *dbr, int Lk) {
+    float dot = 0.0f;
+#pragma omp simd reduction(+:dot)
+    for (int j = 0; j < Lk; j++) dot += a[j] * ds[j];
+#pragma omp simd
+    for (int j = 0; j < Lk; j++) ds[j] = a[j] * (ds[j] - dot);
+    if (dbr) {
+#pragma omp simd
+        for (int j = 0; j < Lk; j++) dbr[j] += ds[j];
+    }
+}
+static AVX512_TARGET void softmax_row_backward_avx512_(const float *a, float *ds, float *dbr,
+                                                        int Lk) {
+    __m512 vdot = _mm512_setzero_ps();
+    for (int j = 0; j < Lk; j += 16) {
+        __mmask16 m = tail_mask_(Lk - j);
+        vdot = _mm512_add_ps(vdot, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a + j),
+                                                 _mm512_maskz_loadu_ps(m, ds + j)));
+    }
+    __m512 dot = _mm512_set1_ps(_mm512_reduce_add_ps(vdot));
+    for (int j = 0; j < Lk; j += 16) {
+        __mmask16 m = tail_mask_(Lk - j);
+        __m512 d = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a + j),
+                                 _mm512_sub_ps(_mm512_maskz_loadu_ps(m, ds + j), dot));
+        _mm512_mask_storeu_ps(ds + j, m, d);
+        if (dbr)
+            _mm512_mask_storeu_ps(dbr + j, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, dbr + j), d));
+    }
+}
+static VEC_KERNEL void softmax_row_backward_plain_(const float *a, float *ds, float *dbr, int Lk) {
+    softmax_row_backward_body_(a, ds, dbr, Lk);
+}
+static void softmax_row_backward_(const float *a, float *ds, float *dbr, int Lk) {
+    if (HAVE_AVX512()) softmax_row_backward_avx512_(a, ds, dbr, Lk);
+    else softmax_row_backward_plain_(a, ds, dbr, Lk);
 }
 
 void t5_attention_forward(float *ctx, int ldc, float *att, const float *q, int ldq,
@@ -313,25 +494,17 @@ void t5_attention_backward(float *dq, int lddq, float *dk, int lddk, float *dv, 
         t5_gemm(0, 1, Lq, Lk, K, 1.0f, dO, lddc,
                     v + ko * ldv + ho, ldv, 0.0f, dS, Lk);
         float *db = dbias_rel ? dbias_rel + (size_t)bh * R : NULL;
-        for (int i = 0; i < Lq; i++) {
-            const float *a = A + (size_t)i * Lk;
-            float *ds = dS + (size_t)i * Lk;
-            float dot = 0.0f;
-#pragma omp simd reduction(+:dot)
-            for (int j = 0; j < Lk; j++) dot += a[j] * ds[j];
-#pragma omp simd
-            for (int j = 0; j < Lk; j++) ds[j] = a[j] * (ds[j] - dot);
-            if (db) {
-                float *dbr = db + (Lq - 1 - i);
-#pragma omp simd
-                for (int j = 0; j < Lk; j++) dbr[j] += ds[j];
-            }
-        }
-        /* dQ[Lq,K] = dS[Lq,Lk] . K[Lk,K];  dK[Lk,K] = dS^T[Lk,Lq] . Q[Lq,K] */
+        for (int i = 0; i < Lq; i++)
+            softmax_row_backward_(A + (size_t)i * Lk, dS + (size_t)i * Lk,
+                                  db ? db + (Lq - 1 - i) : NULL, Lk);
+        /* dQ[Lq,K] = dS[Lq,Lk] . K[Lk,K];  dK[Lk,K] = dS^T[Lk,Lq] . Q[Lq,K]; dS is A of both
+         * (converted to bf16 once) */
+        gemm_reuse_begin();
         t5_gemm(0, 0, Lq, K, Lk, 1.0f, dS, Lk,
                     k + ko * ldk + ho, ldk, 0.0f, dq + qo * lddq + ho, lddq);
         t5_gemm(1, 0, Lk, K, Lq, 1.0f, dS, Lk,
                     q + qo * ldq + ho, ldq, 0.0f, dk + ko * lddk + ho, lddk);
+        gemm_reuse_end();
     }
     PROF_END(PROF_ATTN);
 }
@@ -434,45 +607,92 @@ void t5_embedding_backward(float *dE, const int32_t *ids, const float *dout, int
  * ce_n = logZ_n - logits[n, y_n], z_n = logZ_n^2. Gradient of ce + zc*z w.r.t. the logits:
  * (1 + 2 zc logZ) softmax - onehot(y). */
 
-VEC_KERNEL void t5_xent_forward(T5LossStats *stats, float *logZ, const float *logits,
+/* Row statistics: *mx = max_j row[j], return sum_j exp(row[j] - mx) accumulated in double (in
+ * float the sum over V = 32128 terms drifts by ~2e-6 relative, an error every probability of the
+ * row would inherit; tests/unit/test_op_precision.c). */
+static VEC_KERNEL double xent_row_sum_plain_(const float *row, int V, float *mxo) {
+    float mx = -INFINITY;
+#pragma omp simd reduction(max:mx)
+    for (int j = 0; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+    double sum = 0.0;
+#pragma omp simd reduction(+:sum)
+    for (int j = 0; j < V; j++) sum += (double)exp_neg_(row[j] - mx);
+    *mxo = mx;
+    return sum;
+}
+static AVX512_TARGET double xent_row_sum_avx512_(const float *row, int V, float *mxo) {
+    __m512 vmx = _mm512_set1_ps(-INFINITY);
+    for (int j = 0; j < V; j += 16) {
+        __mmask16 m = tail_mask_(V - j);
+        vmx = _mm512_mask_max_ps(vmx, m, vmx, _mm512_maskz_loadu_ps(m, row + j));
+    }
+    float mx = _mm512_reduce_max_ps(vmx);
+    __m512 vm = _mm512_set1_ps(mx);
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    for (int j = 0; j < V; j += 16) {
+        __mmask16 m = tail_mask_(V - j);
+        __m512 e = _mm512_maskz_mov_ps(m, exp_neg_v_(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row + j), vm)));
+        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(
+                                   _mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+    }
+    *mxo = mx;
+    return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+}
+
+void t5_xent_forward(T5LossStats *stats, float *logZ, const float *logits,
                      const int32_t *labels, int N, int V) {
     PROF_BEGIN();
-    double *ce = xmalloc((size_t)N * sizeof(double));
+    double *ce = xmalloc((size_t)N * sizeof(double)), *lzd = xmalloc((size_t)N * sizeof(double));
+    int avx = HAVE_AVX512();
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *row = logits + (size_t)n * V;
-        float mx = -INFINITY;
-#pragma omp simd reduction(max:mx)
-        for (int j = 0; j < V; j++) mx = row[j] > mx ? row[j] : mx;
-        float sum = 0.0f;
-#pragma omp simd reduction(+:sum)
-        for (int j = 0; j < V; j++) sum += exp_neg_(row[j] - mx);
-        float lz = mx + logf(sum);
-        logZ[n] = lz;
-        ce[n] = labels[n] != 0 ? (double)lz - (double)row[labels[n]] : 0.0;
+        float mx;
+        double sum = avx ? xent_row_sum_avx512_(row, V, &mx) : xent_row_sum_plain_(row, V, &mx);
+        double lz = (double)mx + log(sum);
+        logZ[n] = (float)lz;
+        lzd[n] = lz;
+        ce[n] = labels[n] != 0 ? lz - (double)row[labels[n]] : 0.0;
     }
     for (int n = 0; n < N; n++) {   /* serial sums: the result does not depend on thread count */
         if (labels[n] == 0) continue;
         stats->ce_sum += ce[n];
-        stats->z_sum += (double)logZ[n] * (double)logZ[n];
+        stats->z_sum += lzd[n] * lzd[n];
         stats->tokens++;
     }
     free(ce);
+    free(lzd);
     PROF_END(PROF_XENT);
 }
 
-VEC_KERNEL void t5_xent_backward(float *logits, const float *logZ, const int32_t *labels, int N, int V,
+/* row[j] = a * exp(row[j] - lz), the difference taken in double (see exp_neg_d_). */
+static VEC_KERNEL void xent_row_grad_plain_(float *row, int V, double lz, float a) {
+#pragma omp simd
+    for (int j = 0; j < V; j++) row[j] = a * exp_neg_d_((double)row[j] - lz);
+}
+static AVX512_TARGET void xent_row_grad_avx512_(float *row, int V, double lz, float a) {
+    __m512 va = _mm512_set1_ps(a);
+    for (int j = 0; j < V; j += 16) {
+        __mmask16 m = tail_mask_(V - j);
+        __m512 p = exp_neg_d_v_(_mm512_maskz_loadu_ps(m, row + j), lz);
+        _mm512_mask_storeu_ps(row + j, m, _mm512_mul_ps(va, p));
+    }
+}
+
+void t5_xent_backward(float *logits, const float *logZ, const int32_t *labels, int N, int V,
                       float zc, float scale) {
     PROF_BEGIN();
+    int avx = HAVE_AVX512();
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         float *row = logits + (size_t)n * V;
         if (labels[n] == 0) { memset(row, 0, (size_t)V * sizeof(float)); continue; }
-        float lz = logZ[n], a = scale * (1.0f + 2.0f * zc * lz);
-#pragma omp simd
-        for (int j = 0; j < V; j++) row[j] = a * exp_neg_(row[j] - lz);
+        double lz = logZ[n];
+        float a = scale * (1.0f + 2.0f * zc * (float)lz);
+        if (avx) xent_row_grad_avx512_(row, V, lz, a);
+        else xent_row_grad_plain_(row, V, lz, a);
         row[labels[n]] -= scale;
     }
     PROF_END(PROF_XENT);
 }
-

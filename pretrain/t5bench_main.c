@@ -154,6 +154,7 @@ typedef struct {
     const char *prof_names[T5_PROFILE_CLASSES];
     int prof_n;
     double conv_s, kern_s;                 /* gemm: bf16 conversion / kernels, per timed step */
+    double fwdbwd_mean_s;                  /* mean forward+backward (the profile is a mean too) */
 } ModelBench;
 
 static void bench_model_(const BenchOptions *o, const T5Config *cfg, ModelBench *r) {
@@ -227,6 +228,7 @@ static void bench_model_(const BenchOptions *o, const T5Config *cfg, ModelBench 
     r->step_s = median_(ts, o->steps);   /* sorts ts */
     r->step_min_s = ts[0];
     r->step_max_s = ts[o->steps - 1];
+    for (int k = 0; k < o->steps; k++) r->fwdbwd_mean_s += (tf[k] + tb[k]) / o->steps;
     r->fwd_s = median_(tf, o->steps);
     r->bwd_s = median_(tb, o->steps);
     r->opt_s = median_(to, o->steps);
@@ -321,20 +323,15 @@ int main(int argc, char **argv) {
         return 2;
     }
     printf("t5bench: BLAS %s\n", blas_runtime_describe());
-    GemmConfig gc;
-    char why[256];
-    gemm_default_config(&gc, why, sizeof why);
-    if (o.precision >= 0) {
-        gc.precision = (GemmPrecision)o.precision;
-        gc.backend = gc.precision == GEMM_BF16 ? GEMM_BACKEND_ONEDNN : GEMM_BACKEND_OPENBLAS;
-        snprintf(why, sizeof why, "%s: --precision", gemm_precision_name(gc.precision));
-    }
-    if (gemm_set_config(&gc, err, sizeof err) != 0) {
-        fprintf(stderr, "t5bench: --precision %s is not available here: %s\n",
-                gemm_precision_name(gc.precision), err);
+    char line[512];
+    if (gemm_setup_precision(o.precision >= 0 ? gemm_precision_name((GemmPrecision)o.precision)
+                                              : NULL, line, sizeof line, err, sizeof err) != 0) {
+        fprintf(stderr, "t5bench: %s\n", err);
         return 2;
     }
-    printf("t5bench: precision %s (%s)\n", gemm_precision_name(gc.precision), why);
+    GemmConfig gc;
+    gemm_get_config(&gc);
+    printf("t5bench: %s\n", line);
     fflush(stdout);
 
     /* Both peaks, before and after the model (see PeakPair). */
@@ -371,6 +368,8 @@ int main(int argc, char **argv) {
     double peak = mine->ok ? mine->best : 0.0;
 
     double enc_tps = 0, tgt_tps = 0, dec_tps = 0, gflops = 0, mfu = 0, rss_ratio = 0;
+    double tot_prof = 0;
+    for (int i = 0; i < r.prof_n; i++) tot_prof += r.prof_s[i];
     int mfu_flag = mine->disturbed;
     if (!o.gemm_only) {
         enc_tps = (double)o.B * o.Le / r.step_s;
@@ -390,12 +389,14 @@ int main(int argc, char **argv) {
                gemm_precision_name(gc.precision),
                mfu_flag ? " [UNRELIABLE: peak measurement disturbed]" : "");
         double tot = 0;
-        printf("profile (s per step, %s):", gemm_precision_name(gc.precision));
+        printf("profile (s per step, mean of the timed steps, %s):",
+               gemm_precision_name(gc.precision));
         for (int i = 0; i < r.prof_n; i++) {
             printf(" %s %.3f", r.prof_names[i], r.prof_s[i]);
             tot += r.prof_s[i];
         }
-        printf(" | untimed fwd+bwd rest %.3f | optimizer %.3f", r.fwd_s + r.bwd_s - tot, r.opt_s);
+        printf(" | rest of fwd+bwd %.3f (of mean %.3f) | optimizer %.3f",
+               r.fwdbwd_mean_s - tot, r.fwdbwd_mean_s, r.opt_s);
         printf(" | of matmul: bf16 conversion %.3f, kernels %.3f\n", r.conv_s, r.kern_s);
         printf("memory: peak RSS %.1f MiB; estimate %.1f MiB = params %.1f + grads %.1f + "
                "optimizer %.1f + activations %.1f + %s GEMM copies/buffers %.1f (held at end "
@@ -432,7 +433,8 @@ int main(int argc, char **argv) {
         printf(",\"flops_per_step\":%.6g,\"gflops\":%.2f,\"mfu\":%.4f,\"mfu_unreliable\":%d",
                r.flops_per_step, gflops, mfu, mfu_flag);
         for (int i = 0; i < r.prof_n; i++) printf(",\"prof_%s_s\":%.6f", r.prof_names[i], r.prof_s[i]);
-        printf(",\"prof_convert_s\":%.6f,\"prof_gemm_kernel_s\":%.6f", r.conv_s, r.kern_s);
+        printf(",\"prof_convert_s\":%.6f,\"prof_gemm_kernel_s\":%.6f,\"prof_rest_s\":%.6f",
+               r.conv_s, r.kern_s, r.fwdbwd_mean_s - tot_prof);
         printf(",\"peak_rss_bytes\":%zu,\"est_bytes\":%zu,\"act_bytes\":%zu,\"gemm_extra_bytes\":%zu"
                ",\"rss_ratio\":%.3f", r.peak_rss, r.est_bytes, r.act_bytes, r.gemm_extra_bytes,
                rss_ratio);

@@ -302,6 +302,36 @@ static void test_weight_cache(void) {
     set_(GEMM_FP32, GEMM_BACKEND_OPENBLAS);
 }
 
+/* Reuse scope: inside it the second product with the same A skips the conversion and gives
+ * bitwise the same result; outside it a changed A is always seen. */
+static void test_reuse_scope(void) {
+    set_(GEMM_BF16, GEMM_BACKEND_ONEDNN);
+    int N = 24, C = 20, OC = 12;
+    Rng r = rng_make(8, 8);
+    float *dout = xmalloc(sizeof(float) * N * OC), *inp = xmalloc(sizeof(float) * N * C);
+    float *W = xmalloc(sizeof(float) * OC * C);
+    float *dx1 = xmalloc(sizeof(float) * N * C), *dx2 = xmalloc(sizeof(float) * N * C);
+    float *dW1 = xcalloc((size_t)OC * C, sizeof(float)), *dW2 = xcalloc((size_t)OC * C, sizeof(float));
+    fill_(dout, (size_t)N * OC, &r); fill_(inp, (size_t)N * C, &r); fill_(W, (size_t)OC * C, &r);
+    gemm_weights_updated();
+    t5_gemm_w(0, 0, N, C, OC, 0.5f, dout, OC, W, C, 0.0f, dx1, C);
+    t5_gemm(1, 0, OC, C, N, 0.5f, dout, OC, inp, C, 1.0f, dW1, C);
+    gemm_reuse_begin();
+    t5_gemm_w(0, 0, N, C, OC, 0.5f, dout, OC, W, C, 0.0f, dx2, C);
+    t5_gemm(1, 0, OC, C, N, 0.5f, dout, OC, inp, C, 1.0f, dW2, C);
+    gemm_reuse_end();
+    CHECK(!memcmp(dx1, dx2, sizeof(float) * N * C) && !memcmp(dW1, dW2, sizeof(float) * OC * C));
+    /* outside a scope: the same pointer with new contents is converted again */
+    t5_gemm(0, 0, N, C, OC, 1.0f, dout, OC, W, C, 0.0f, dx1, C);
+    for (int i = 0; i < N * OC; i++) dout[i] = -dout[i];
+    t5_gemm(0, 0, N, C, OC, 1.0f, dout, OC, W, C, 0.0f, dx2, C);
+    int neg = 1;
+    for (int i = 0; i < N * C; i++) neg &= dx2[i] == -dx1[i];
+    CHECK(neg);
+    free(dout); free(inp); free(W); free(dx1); free(dx2); free(dW1); free(dW2);
+    set_(GEMM_FP32, GEMM_BACKEND_OPENBLAS);
+}
+
 /* ---- child processes: stale weight (must die), forced ISA ---- */
 
 static char self_[4096];
@@ -378,6 +408,20 @@ static void test_default_policy(void) {
     GemmConfig bad = {GEMM_BF16, GEMM_BACKEND_OPENBLAS};
     char err[256];
     CHECK(gemm_set_config(&bad, err, sizeof err) != 0 && strstr(err, "oneDNN"));
+    char line[512];
+    CHECK(gemm_setup_precision("fp16", line, sizeof line, err, sizeof err) != 0 &&
+          strstr(err, "fp16"));
+    CHECK(gemm_setup_precision("fp32", line, sizeof line, err, sizeof err) == 0 &&
+          strstr(line, "precision fp32 (--precision"));
+    GemmConfig now;
+    gemm_get_config(&now);
+    CHECK(now.precision == GEMM_FP32 && now.backend == GEMM_BACKEND_OPENBLAS);
+    CHECK(gemm_setup_precision(NULL, line, sizeof line, err, sizeof err) == 0 &&
+          strstr(line, "(default: "));
+    gemm_get_config(&now);
+    CHECK(now.precision == d.precision && now.backend == d.backend);
+    printf("  info: %s\n", line);
+    set_(GEMM_FP32, GEMM_BACKEND_OPENBLAS);
     CHECK(gemm_extra_bytes(GEMM_FP32, 1000, 1000, 1000, 2) == 0);
     CHECK(gemm_extra_bytes(GEMM_BF16, 1000, 1000, 1000, 2) >= 2000 + 4000);
 }
@@ -416,6 +460,7 @@ int main(int argc, char **argv) {
     RUN_BF16(test_empty_dims);
     RUN_BF16(test_parallel_region);
     RUN_BF16(test_weight_cache);
+    RUN_BF16(test_reuse_scope);
     RUN_BF16(test_stale_weight_is_fatal);
     RUN_BF16(test_forced_isa_without_bf16);
     RUN(test_default_policy);
