@@ -9,7 +9,7 @@
 # those over steps, and two fp32 runs from the same seed already differ by rounding order
 # (data-parallel sums), so a mean over 50 steps within 1% is a loose bound for an unbiased bf16
 # path, while a biased one (stale weights, wrong scaling) diverges by far more.
-# (Pending: needs the trainer's --precision flag; rename to bf16_train.sh when it exists.)
+
 source "$(dirname "$0")/lib.bash"
 cd "$ROOT"
 T=$(tmpdir)
