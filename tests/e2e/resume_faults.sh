@@ -32,14 +32,16 @@ wait_lines() {  # wait_lines FILE N: until FILE has N lines (60 s at most)
 }
 
 # --- kill -9 at random instants; every latest checkpoint verifies; the end is bit for bit ----------
-STEPS=50
+# The killed run asks for many steps (so no incarnation finishes, however fast the machine); after
+# the kills it is resumed to FINAL = its last checkpoint + 3 (--steps may change on resume; the
+# rsqrt schedule does not depend on it), and the reference trains FINAL steps straight, saving
+# only at its end (--save-every changes nothing else).
+STEPS=100000
 KILLS=${T5_KILL_INSTANTS:-20}
-# (the reference saves only at its end: --save-every changes nothing else)
-"$BIN/t5pretrain" "${C[@]}" --data "$DATA" --steps $STEPS --run-dir "$T/ref" >"$T/ref.log" 2>&1
 seed=${T5_KILL_SEED:-$RANDOM}
 echo "  kill instants from seed $seed (T5_KILL_SEED=$seed repeats them)"
 RANDOM=$seed
-kills=0 in_save=0 bad_verify=0 done_early=0 resumes=0
+kills=0 in_save=0 bad_verify=0 resumes=0
 log="$T/kill.log"
 for i in $(seq 1 "$KILLS"); do
     before=$({ wc -l < "$T/run/metrics.jsonl"; } 2>/dev/null || echo 0)
@@ -56,7 +58,7 @@ for i in $(seq 1 "$KILLS"); do
     # next 0.8 s: steps, background saves and the commits between them
     wait_lines "$T/run/metrics.jsonl" $((before + 1))
     sleep "$(printf '0.%03d' $((RANDOM % 800)))"
-    if ! kill -KILL "$pid" 2>/dev/null; then done_early=1; wait "$pid"; break; fi
+    if ! kill -KILL "$pid" 2>/dev/null; then wait "$pid"; echo "  incarnation $i ended before its kill (exit $?)" >&2; break; fi
     wait "$pid" 2>/dev/null
     kills=$((kills + 1))
     ls -d "$T/run/ckpt/"step_*.tmp >/dev/null 2>&1 && in_save=$((in_save + 1))
@@ -65,9 +67,12 @@ for i in $(seq 1 "$KILLS"); do
         echo "  after kill $kills: latest $(cat "$T/run/ckpt/latest") does not verify" >&2
     fi
 done
-"$BIN/t5pretrain" --resume --run-dir "$T/run" >>"$log" 2>&1; rc=$?
-echo "  $kills kills ($in_save inside a save, leaving step_N.tmp), $resumes resumes, run finished early: $done_early"
-if [ "$bad_verify" -eq 0 ] && [ "$kills" -ge $((KILLS * 3 / 4)) ] && [ "$rc" -eq 0 ] \
+last=$(latest_step "$T/run")
+FINAL=$(( ${last:-0} + 3 ))
+"$BIN/t5pretrain" --resume --run-dir "$T/run" --steps $FINAL >>"$log" 2>&1; rc=$?
+"$BIN/t5pretrain" "${C[@]}" --data "$DATA" --steps $FINAL --run-dir "$T/ref" >"$T/ref.log" 2>&1
+echo "  $kills kills ($in_save inside a save, leaving step_N.tmp), $resumes resumes; last checkpoint at step $last, resumed to $FINAL"
+if [ "$bad_verify" -eq 0 ] && [ "$kills" -eq "$KILLS" ] && [ -n "$last" ] && [ "$rc" -eq 0 ] \
    && cmp -s "$T/ref/final/model.safetensors" "$T/run/final/model.safetensors" \
    && /usr/bin/python3 - "$T/ref/metrics.jsonl" "$T/run/metrics.jsonl" <<'EOF'
 import json, sys
