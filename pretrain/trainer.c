@@ -767,7 +767,20 @@ static int finish_background_save_(Trainer *t) {
  * not the one `latest` names. */
 static Ckpt *open_resume_checkpoint_(const char *run_dir, int verbose, char *err, size_t errlen) {
     char dir[1400], note[2048] = "";
-    if (ckpt_find_resume(run_dir, 1, dir, sizeof dir, note, sizeof note, err, errlen) != 0) return NULL;
+    if (ckpt_find_resume(run_dir, 1, dir, sizeof dir, note, sizeof note, err, errlen) != 0) {
+        int n = 0;
+        struct stat st;
+        char mpath[1200];
+        snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", run_dir);
+        free(ckpt_list_steps(run_dir, &n));
+        if (n == 0 && stat(mpath, &st) == 0) {   /* stopped before its first commit */
+            size_t k = strlen(err);
+            if (k + 1 < errlen)
+                snprintf(err + k, errlen - k, ". The run stopped before its first checkpoint: there is nothing to "
+                         "resume; delete %s (or choose a new --run-dir) and start without --resume", run_dir);
+        }
+        return NULL;
+    }
     if (note[0] && verbose) fprintf(stderr, "t5pretrain: WARNING: %s\n", note);
     return ckpt_open(dir, err, errlen);
 }
@@ -836,6 +849,15 @@ static int check_run_dir_(const Trainer *t, char *err, size_t errlen) {
     int has_metrics = stat(path, &st) == 0 && st.st_size > 0;
     snprintf(path, sizeof path, "%s/final", dir);
     int has_final = is_dir_(path);
+    int n_committed = 0;
+    if (!t->o.resume && (has_ckpt || has_metrics) && !has_final) free(ckpt_list_steps(dir, &n_committed));
+    if (!t->o.resume && (has_ckpt || has_metrics) && !has_final && n_committed == 0) {
+        /* --resume would refuse it too: say what can be done instead of pointing at each other */
+        set_error(err, errlen, "--run-dir %s holds a run that stopped before its first checkpoint (%s, no "
+                  "committed ckpt/step_N): there is nothing to resume; delete %s or choose a new --run-dir",
+                  dir, has_metrics ? "metrics.jsonl" : "ckpt/", dir);
+        return -1;
+    }
     if (!t->o.resume && (has_ckpt || has_metrics || has_final)) {
         set_error(err, errlen, "--run-dir %s already holds a run (%s); continue it with --resume, or choose "
                   "a new --run-dir", dir, has_ckpt ? "ckpt/" : has_metrics ? "metrics.jsonl" : "final/");
