@@ -45,7 +45,7 @@ int main(int argc, char **argv) {
     }
     if (provided < MPI_THREAD_MULTIPLE && rank == 0)
         fprintf(stderr, "t5pretrain: warning: MPI gives thread level %d, not MPI_THREAD_MULTIPLE: "
-                "checkpoints are written in the foreground\n", provided);
+                "checkpoints are written in the foreground (a training stall per save)\n", provided);
 
     Trainer *t = NULL;
     int code = trainer_open(&t, &o, MPI_COMM_WORLD);

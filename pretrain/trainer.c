@@ -63,6 +63,9 @@ struct Trainer {
     int synthetic_pieces, sentinel_top;
     T5Batch local;
     char *cursor_before;         /* the data cursor at the start of the current step */
+    int step_failed;             /* the current step failed: checkpoints use cursor_before */
+    int auto_threads, auto_micro, auto_recompute;   /* resolved from "auto" (resume re-plans them) */
+    int background_saves;        /* MPI gives MPI_THREAD_MULTIPLE */
     /* progress */
     long step;                   /* optimizer steps done */
     long long tokens;            /* encoder positions seen */
@@ -646,6 +649,12 @@ static char *meta_json_(const Trainer *t) {
                                                   "tp", t->grid.tp_size, "zero", t->o.zero,
                                                   "threads", t->threads));
     json_object_set_new(meta, "precision", json_string(t->o.precision));
+    /* options that were resolved from "auto": a resume plans them afresh for its layout */
+    json_t *autos = json_array();
+    if (t->auto_threads) json_array_append_new(autos, json_string("threads"));
+    if (t->auto_micro) json_array_append_new(autos, json_string("micro_batch"));
+    if (t->auto_recompute) json_array_append_new(autos, json_string("recompute"));
+    json_object_set_new(meta, "auto_options", autos);
     char *s = json_dumps(meta, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
     json_decref(meta);
     free(opts);
@@ -688,6 +697,7 @@ static char *merged_cursor_(Trainer *t, const char *mine) {
 
 int trainer_save(Trainer *t, int background) {
     double t0 = now_seconds();
+    background = background && t->background_saves;
     char err[2048] = "";
     /* the lines the checkpoint covers are on disk before it is committed */
     if (t->is_root && metrics_sync(t->metrics) != 0)
@@ -697,7 +707,9 @@ int trainer_save(Trainer *t, int background) {
             fprintf(stderr, "t5pretrain: error: the previous checkpoint was not saved: %s\n", err);
         t->pending_save = NULL;
     }
-    char *cursor_now = t->loader ? data_loader_cursor_save(t->loader, NULL) : NULL;
+    /* after a failed step the state is that of the last completed step, data position included */
+    char *cursor_now = !t->loader ? NULL : t->step_failed && t->cursor_before ? xstrdup(t->cursor_before)
+                                                                           : data_loader_cursor_save(t->loader, NULL);
     char *cursor = merged_cursor_(t, cursor_now);
     free(cursor_now);
     int cap = 3 * t->model.num_tensors + 1, n = 0;
@@ -1008,6 +1020,9 @@ int trainer_open(Trainer **out, TrainOptions *opts, MPI_Comm world) {
     MPI_CHECK(MPI_Comm_rank(world, &wrank));
     MPI_CHECK(MPI_Comm_size(world, &wsize));
     t->is_root = wrank == 0;
+    int provided = 0;
+    MPI_CHECK(MPI_Query_thread(&provided));
+    t->background_saves = provided >= MPI_THREAD_MULTIPLE;
     int plan_world = o->dry_run && o->plan_world > 0 ? o->plan_world : wsize;
     if (options_validate(o, wsize, err, sizeof err)) goto config_fail;
     if (grid_init(&t->grid, world, o->dry_run && o->plan_world > 0 ? 1 : o->pp,
@@ -1025,6 +1040,9 @@ int trainer_open(Trainer **out, TrainOptions *opts, MPI_Comm world) {
     if (!strcmp(o->t5_version, "1.1")) { t->cfg.ffn = T5_FFN_GATED_GELU; t->cfg.tied_embedding = 0; }
     t->local_rows = o->batch / (plan_world / (o->pp * o->tp));
     int ranks_per_node = o->dry_run && o->plan_ranks_per_node > 0 ? o->plan_ranks_per_node : t->grid.node_size;
+    t->auto_threads = o->threads == 0;
+    t->auto_micro = o->micro_batch == 0;
+    t->auto_recompute = !strcmp(o->recompute, "auto");
     t->threads = resolve_threads_(t, why, sizeof why);
     blas_runtime_set_threads(t->threads);
     o->threads = t->threads;
@@ -1312,6 +1330,7 @@ int trainer_run(Trainer *t) {
                 data_loader_print_stats(t->loader, stdout);
             }
             finish_background_save_(t);
+            t->step_failed = 1;
             if (t->step > 0 && t->last_saved_step != t->step) trainer_save(t, 0);
             return T5_EXIT_FAILURE;
         }
@@ -1379,27 +1398,51 @@ void trainer_close(Trainer *t) {
  * Options for --resume: the checkpoint's options are the base, the command line overrides the
  * ones that may change, and the ones that may not are compared. */
 
+/* 1 if `name` is in the checkpoint's list of options resolved from "auto" (checkpoints without
+ * the list: treat the layout-dependent options as auto). */
+static int was_auto_(json_t *autos, const char *name) {
+    if (!autos || !json_is_array(autos)) return 1;
+    size_t i;
+    json_t *v;
+    json_array_foreach(autos, i, v) if (json_is_string(v) && !strcmp(json_string_value(v), name)) return 1;
+    return 0;
+}
+
 int trainer_options_for_resume(TrainOptions *o, int argc, char **argv, int rank, char *err, size_t errlen) {
     Ckpt *ck = open_resume_checkpoint_(o->run_dir, 0, err, errlen);
     if (!ck) return -1;
     char *base = checkpoint_options_(ck);
+    json_error_t je;
+    json_t *meta = json_loads(ckpt_meta_json(ck), 0, &je);
+    json_t *autos = meta ? json_incref(json_object_get(meta, "auto_options")) : NULL;
+    json_decref(meta);
     ckpt_close(ck);
-    if (!base) { set_error(err, errlen, "the checkpoint of %s holds no options", o->run_dir); return -1; }
+    if (!base) {
+        json_decref(autos);
+        set_error(err, errlen, "the checkpoint of %s holds no options", o->run_dir);
+        return -1;
+    }
     TrainOptions saved, now;
     options_defaults(&saved);
-    if (args_apply_json(options_parser(), &saved, base, 1, "checkpoint options", err, errlen)) { free(base); return -1; }
+    if (args_apply_json(options_parser(), &saved, base, 1, "checkpoint options", err, errlen)) {
+        json_decref(autos);
+        free(base);
+        return -1;
+    }
     options_defaults(&now);
     int rc = options_parse(&now, argc, argv, base, NULL, err, errlen);
     free(base);
-    if (rc) return -1;
+    if (rc) { json_decref(autos); return -1; }
     /* values that belong to one job, or to the layout of the earlier run, start afresh unless given */
     TrainOptions dflt;
     options_defaults(&dflt);
-    if (!options_given("threads")) now.threads = dflt.threads;
-    if (!options_given("micro_batch")) now.micro_batch = dflt.micro_batch;
+    if (!options_given("threads") && was_auto_(autos, "threads")) now.threads = dflt.threads;
+    if (!options_given("micro_batch") && was_auto_(autos, "micro_batch")) now.micro_batch = dflt.micro_batch;
+    if (!options_given("recompute") && was_auto_(autos, "recompute"))
+        snprintf(now.recompute, sizeof now.recompute, "%s", dflt.recompute);
     if (!options_given("end_time")) now.end_time = dflt.end_time;
-    if (!options_given("recompute")) snprintf(now.recompute, sizeof now.recompute, "%s", dflt.recompute);
     if (!options_given("init_from")) now.init_from[0] = 0;
+    json_decref(autos);
     now.resume = 1;
     if (options_check_resume(&now, &saved, err, errlen)) return -1;
     (void)rank;

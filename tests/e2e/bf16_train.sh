@@ -58,7 +58,7 @@ EOF
 fi
 
 # default precision without bf16 instructions: fp32, and the log says why
-out=$(ONEDNN_MAX_CPU_ISA=AVX2 "$BIN/t5pretrain" --variant tiny-nl2 --synthetic --batch 2 \
+out=$(ONEDNN_MAX_CPU_ISA=AVX2 "$BIN/t5pretrain" --variant tiny-nl2 --data "$DATA" --spm "$SPM" --batch 2 \
       --enc-len 64 --dec-len 16 --steps 1 --threads 1 --run-dir "$T/noisa" 2>&1)
 if [ $? -eq 0 ] && grep -q '^precision *= *fp32' "$T/noisa/config.txt" && echo "$out" | grep -q 'fp32: '; then
     pass bf16_train_default_fp32_without_bf16_isa
