@@ -10,7 +10,7 @@
  *       feed_forward_proj "relu" | "gated-gelu", tie_word_embeddings, layer_norm_epsilon,
  *       initializer_factor 1.0, dropout_rate 0.1, decoder_start_token_id 0, eos_token_id 1,
  *       pad_token_id 0, is_encoder_decoder true, n_positions 512, torch_dtype "float32".
- *     dropout_rate is 0.1 although pretraining used no dropout (t5-spec.md 2.1): it is what every
+ *     dropout_rate is 0.1 although pretraining used no dropout (docs/t5-recipe.md section 2.1): it is what every
  *     released google/t5-efficient-* config.json says, i.e. the fine-tuning default users expect.
  *   DIR/model.safetensors  every parameter as F32 under its Hugging Face name and shape
  *       (Linear weights [out, in], shared.weight [V, d], relative_attention_bias [32, h]), in the

@@ -21,7 +21,7 @@
  * longer be completed (the partial batch is dropped). Ranks hold different streams, so under MPI
  * the trainer must agree on exhaustion (e.g. MPI_Allreduce MAX of the status).
  *
- * Per stream (t5-spec 4.2-4.8): tokenize, drop empty documents, select_random_chunk(65536)
+ * Per stream (docs/t5-recipe.md section 4.2-4.8): tokenize, drop empty documents, select_random_chunk(65536)
  * with Rng(seed_e, hash(file index, document index)), strip zeros, concatenate 128 documents
  * without separators, cut into pieces of T = random_spans_helper(enc_len) tokens (568 for 512;
  * the last piece of a 128-document group and of an epoch keeps the remainder), corrupt piece

@@ -1,5 +1,5 @@
 /*
- * data/span.c: T5 span corruption and packing. See span.h and t5-spec.md section 4.
+ * data/span.c: T5 span corruption and packing. See span.h and docs/t5-recipe.md section 4.
  *
  * Counts follow the TF graph bit for bit: float32 products rounded half-to-even (rintf in the
  * default rounding mode), so e.g. n = 190 gives 29 noise tokens, not the 28 of double maths.

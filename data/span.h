@@ -1,5 +1,5 @@
 /*
- * data/span.h: T5 span corruption (t5-spec.md section 4) and sequential packing.
+ * data/span.h: T5 span corruption (docs/t5-recipe.md section 4) and sequential packing.
  *
  * Pipeline pieces implemented here, each a pure function of its inputs and an Rng:
  *   span_select_chunk        4.2  one uniformly chosen aligned 65536-token window of a document

@@ -9,7 +9,7 @@
 #include "mpi_check.h"
 
 /* ---------------------------------------------------------------------------------------------
- * Cost model: FLOPs per row of one training step (t5-spec.md section 8; the constant factor
+ * Cost model: FLOPs per row of one training step (docs/t5-recipe.md section 8; the constant factor
  * does not matter for the split). */
 
 double pp_cost_enc_block(const T5Config *c, int Le, int Ld) {

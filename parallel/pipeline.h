@@ -27,7 +27,7 @@
 
 #include "../pretrain/t5_model.h"
 
-/* Relative cost of each unit of the sequence for the split (FLOPs of one row; t5-spec.md 8). */
+/* Relative cost of each unit of the sequence for the split (FLOPs of one row; docs/t5-recipe.md section 8). */
 double pp_cost_enc_block(const T5Config *c, int Le, int Ld);
 double pp_cost_dec_block(const T5Config *c, int Le, int Ld);
 double pp_cost_head(const T5Config *c, int Le, int Ld);

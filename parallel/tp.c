@@ -395,7 +395,7 @@ void tp_xent_backward(TpCtx *tp, float *logits, const float *logZ, const int32_t
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Adafactor over a split tensor: optim.c's update (t5-spec.md 5.2) with every mean / RMS over
+/* Adafactor over a split tensor: optim.c's update (docs/t5-recipe.md section 5.2) with every mean / RMS over
  * the whole tensor. Per-element expressions in double, sums in double, as optim.c. */
 
 int tp_adafactor_is_factored(const OptimConfig *c, int rows, int cols) {

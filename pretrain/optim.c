@@ -1,5 +1,5 @@
 /*
- * pretrain/optim.c: Adafactor (t5-spec.md 5.2/5.3) and AdamW over a tensor table, and the LR
+ * pretrain/optim.c: Adafactor (docs/t5-recipe.md section 5.2/5.3) and AdamW over a tensor table, and the LR
  * schedules. Layout of the state buffer: see optim.h.
  *
  * Numerics: weights, gradients and state are float32 (as in MTF); every per-element expression
@@ -255,7 +255,7 @@ void optim_free(Optim *opt) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Adafactor (t5-spec.md 5.2). */
+/* Adafactor (docs/t5-recipe.md section 5.2). */
 
 /* Sum of x[j]^2 over j < m, in double with four independent accumulators (a fixed order, so
  * deterministic, but not one long dependency chain). */
@@ -289,7 +289,7 @@ static double sum_sq_scaled_(const float *g, const double *cf, int m) {
 }
 
 /* The factor k of W -= k * U, from su = sum(U^2) and sw = sum(W_old^2) over the N elements:
- * k = lr * max(RMS(W_old), eps2) / max(1, RMS(U) / clip_threshold) (t5-spec.md 5.2). */
+ * k = lr * max(RMS(W_old), eps2) / max(1, RMS(U) / clip_threshold) (docs/t5-recipe.md section 5.2). */
 static double step_factor_(const OptimConfig *c, double lr, double su, double sw, size_t N) {
     double rms_u = sqrt(su / (double)N), rms_w = sqrt(sw / (double)N);
     double clip = rms_u / c->clip_threshold > 1.0 ? rms_u / c->clip_threshold : 1.0;

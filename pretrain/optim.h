@@ -1,5 +1,5 @@
 /*
- * pretrain/optim.h: Adafactor (t5-spec.md 5.2, the T5-Efficient optimizer) and AdamW over one
+ * pretrain/optim.h: Adafactor (docs/t5-recipe.md section 5.2, the T5-Efficient optimizer) and AdamW over one
  * contiguous fp32 parameter buffer, plus the learning-rate schedules.
  *
  * The optimizer knows nothing about the model: it receives a table of tensor descriptors
@@ -52,7 +52,7 @@ typedef struct {
 typedef struct {
     OptimKind kind;
     LrSchedule lr;
-    /* Adafactor (t5-spec.md 5.1 values by default) */
+    /* Adafactor (docs/t5-recipe.md section 5.1 values by default) */
     double decay_exponent;    /* beta2(t) = 1 - t^-decay_exponent, t = g+1; 0.8 */
     double eps1;              /* added to G^2; 1e-30 */
     double eps2;              /* floor of the parameter RMS in the relative step; 1e-3 */
@@ -79,7 +79,7 @@ typedef struct {
     size_t scratch_len;
 } Optim;
 
-/* Fill *cfg with the defaults of kind: Adafactor with the T5-Efficient values of t5-spec.md 5.1
+/* Fill *cfg with the defaults of kind: Adafactor with the T5-Efficient values of docs/t5-recipe.md section 5.1
  * and the rsqrt schedule (warmup 10000, multiplier 1); AdamW with betas (0.9, 0.999), eps 1e-8,
  * weight decay 0, and a cosine schedule (peak 1e-3, min 1e-4, warmup 1000, total 524288). */
 void optim_config_default(OptimConfig *cfg, OptimKind kind);

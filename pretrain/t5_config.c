@@ -3,7 +3,7 @@
  * validation.
  *
  * A variant name is BASE[-SUFFIX]..., optionally prefixed by "google/" and/or "t5-efficient-",
- * case-insensitive. BASE is one of the sizes of t5-spec.md section 2.2; each SUFFIX is a two-letter
+ * case-insensitive. BASE is one of the sizes of docs/t5-recipe.md section 2.2; each SUFFIX is a two-letter
  * key and a positive decimal value:
  *
  *   nlN  el = dl = N            elN  encoder layers        dlN  decoder layers
@@ -11,7 +11,7 @@
  *   kvN  d_kv (heads kept)      nhN  heads (d_kv kept, so the inner width h*k changes)
  *
  * Tiny is special: its published elN / dlN variants have 12 layers in the stack that is not named
- * (t5-spec.md 2.2), so "tiny-el2" is el=2, dl=12. Every other size keeps its base depth.
+ * (docs/t5-recipe.md section 2.2), so "tiny-el2" is el=2, dl=12. Every other size keeps its base depth.
  *
  * The canonical name is "t5-efficient-" + base + the suffixes in the fixed order
  * nh, kv, nl, el, dl, dm, ff (this reproduces every published name, e.g. "large-nh8-nl32" and
@@ -28,7 +28,7 @@
 #include <string.h>
 
 /* ------------------------------------------------------------------------------------------ */
-/* Base sizes (t5-spec.md 2.2) and the published variants (seed-variants.tsv order). */
+/* Base sizes (docs/t5-recipe.md section 2.2) and the published variants (seed-variants.tsv order). */
 
 typedef struct {
     const char *name;
@@ -299,7 +299,7 @@ int t5_config_from_variant(const char *name, T5Config *cfg, char *err, size_t er
 
     if (val[K_NL] >= 0) cfg->n_enc_layers = cfg->n_dec_layers = (int)val[K_NL];
     if (strcmp(bs->name, "tiny") == 0 && (val[K_EL] >= 0) != (val[K_DL] >= 0)) {
-        /* Tiny el/dl variants: the unnamed stack has 12 layers (t5-spec.md 2.2). */
+        /* Tiny el/dl variants: the unnamed stack has 12 layers (docs/t5-recipe.md section 2.2). */
         cfg->n_enc_layers = cfg->n_dec_layers = 12;
     }
     if (val[K_EL] >= 0) cfg->n_enc_layers = (int)val[K_EL];
@@ -327,7 +327,7 @@ int t5_config_from_variant(const char *name, T5Config *cfg, char *err, size_t er
 }
 
 /*
- * Exact parameter count (t5-spec.md 2.5), I = h*k:
+ * Exact parameter count (docs/t5-recipe.md section 2.5), I = h*k:
  *   enc = el*(4*d*I + F*d*f + 2*d) + B*h + d
  *   dec = dl*(8*d*I + F*d*f + 3*d) + B*h + d
  *   params = V*d (+ V*d if untied) + enc + dec,  F = 2 (ReLU) or 3 (gated GELU), B = buckets.

@@ -2,8 +2,8 @@
  * pretrain/t5_config.h: model configuration and the variant registry.
  *
  * A variant name (e.g. "small-el16-dl8", "t5-efficient-large-nh8-nl32",
- * "google/t5-efficient-mini") maps to a T5Config by the naming rules of
- * shared/seed-variants.tsv and t5-spec.md section 2.2.
+ * "google/t5-efficient-mini") maps to a T5Config by the naming rules of docs/t5-recipe.md
+ * section 2.2 (the published variants are listed in tests/data/seed-variants.tsv).
  */
 #ifndef T5_CONFIG_H
 #define T5_CONFIG_H
@@ -39,7 +39,7 @@ typedef struct {
  * names the nearest valid variants into err (errlen bytes). */
 int t5_config_from_variant(const char *name, T5Config *cfg, char *err, size_t errlen);
 
-/* Exact number of parameters of cfg (t5-spec.md section 2.5). */
+/* Exact number of parameters of cfg (docs/t5-recipe.md section 2.5). */
 size_t t5_config_num_params(const T5Config *cfg);
 
 /* Check a config for values the model cannot run (non-positive sizes, ...). 0 if valid, else -1

@@ -205,7 +205,7 @@ static void layer_ptrs_(const T5Model *m, float *base, int dec, int l, LayerW *w
 }
 
 /* ---------------------------------------------------------------------------------------------
- * Mesh TensorFlow initialisation (t5-spec.md section 3). Each tensor is filled in chunks of
+ * Mesh TensorFlow initialisation (docs/t5-recipe.md section 3). Each tensor is filled in chunks of
  * 2^16 elements; chunk c of tensor t draws from the counter-based stream (seed, t<<32 | c), so
  * the result is a pure function of the seed, independent of the thread count. */
 
@@ -874,7 +874,7 @@ void t5_model_backward_ready(T5Model *m, float loss_scale, void (*ready)(void *c
 
 void t5_model_backward(T5Model *m, float loss_scale) { t5_model_backward_ready(m, loss_scale, NULL, NULL); }
 /* ---------------------------------------------------------------------------------------------
- * FLOPs (t5-spec.md section 8): matrix products only, 2 per multiply-add, full squares. */
+ * FLOPs (docs/t5-recipe.md section 8): matrix products only, 2 per multiply-add, full squares. */
 
 double t5_model_flops_per_step(const T5Config *cfg, int B, int Le, int Ld) {
     double d = cfg->d_model, f = cfg->d_ff, HK = (double)cfg->n_heads * cfg->d_kv;

@@ -13,7 +13,7 @@
  * forward() returns the sums; backward() adds to m->grads the gradient of
  *   loss_scale * sum_t (ce_t + zc * z_t)
  * with the zc given to the last forward(). The trainer passes loss_scale = 1 / (B_global * Ld)
- * (t5-spec.md section 5.4); t5eval passes zc = 0 and loss_scale = 1 / tokens.
+ * (docs/t5-recipe.md section 5.4); t5eval passes zc = 0 and loss_scale = 1 / tokens.
  */
 #ifndef T5_MODEL_H
 #define T5_MODEL_H
@@ -78,7 +78,7 @@ void t5_stage_range_full(const T5Config *cfg, T5StageRange *range);
 size_t t5_stage_num_params(const T5Config *cfg, const T5StageRange *range);
 void t5_model_free(T5Model *m);
 
-/* Mesh TensorFlow initialisation (t5-spec.md section 3), a pure function of seed and of each
+/* Mesh TensorFlow initialisation (docs/t5-recipe.md section 3), a pure function of seed and of each
  * tensor's global index: a stage gets exactly the values of the whole model. */
 void t5_model_init_weights(T5Model *m, uint64_t seed);
 
@@ -147,7 +147,7 @@ void t5_stage_backward(T5Model *m, T5Acts *a, T5StageGrad *g, float loss_scale);
 /* Bytes of activation memory forward+backward needs for a micro-batch of B rows. */
 size_t t5_model_activation_bytes(const T5Config *cfg, int B, int Le, int Ld);
 
-/* Model FLOPs of one training step (forward + backward) over B sequences, t5-spec.md section 8
+/* Model FLOPs of one training step (forward + backward) over B sequences, docs/t5-recipe.md section 8
  * (matrix products only, 2 FLOPs per multiply-add, full attention squares). */
 double t5_model_flops_per_step(const T5Config *cfg, int B, int Le, int Ld);
 

@@ -25,7 +25,7 @@ void t5_profile_enable(int on);
 int t5_profile_totals(double *sec, const char **names);
 void t5_profile_reset(void);
 
-/* ---- Relative position buckets (t5-spec.md section 2.4) ----
+/* ---- Relative position buckets (docs/t5-recipe.md section 2.4) ----
  * Bucket of a key at offset rel = j - i from its query. bidirectional=1 for the encoder (keys to
  * the right use the upper half of the buckets), 0 for the decoder (keys to the right map to 0).
  * Pure function; never fails. */

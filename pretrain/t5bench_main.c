@@ -12,7 +12,7 @@
  *   (b) W warm-up then N timed training steps on synthetic span-corrupted batches: zero_grad,
  *       forward, backward, Adafactor update. Reports the median step time (and the phases), encoder
  *       tokens/s (B*Le / step), target tokens/s, achieved GFLOP/s by t5_model_flops_per_step
- *       (t5-spec.md section 8), MFU = achieved / the measured peak of the precision that ran
+ *       (docs/t5-recipe.md section 8), MFU = achieved / the measured peak of the precision that ran
  *       (--precision; default as the trainer's), the per-op profile (t5_ops classes, bf16
  *       conversion vs kernels), and peak RSS against an analytical estimate (params + grads +
  *       optimizer state + t5_model_activation_bytes + gemm_extra_bytes).
@@ -193,7 +193,7 @@ static void bench_model_(const BenchOptions *o, const T5Config *cfg, ModelBench 
     int total = o->warmup + o->steps;
     double *ts = xcalloc((size_t)total, sizeof(double)), *tf = xcalloc((size_t)total, sizeof(double));
     double *tb = xcalloc((size_t)total, sizeof(double)), *to = xcalloc((size_t)total, sizeof(double));
-    const float zc = 1e-4f;                                    /* t5-spec.md 5.4 */
+    const float zc = 1e-4f;                                    /* docs/t5-recipe.md section 5.4 */
     const float scale = 1.0f / ((float)o->B * (float)o->Ld);   /* sum / (batch x Ld) */
     for (int s = 0; s < total; s++) {
         /* T5 ids: 32000 SentencePiece pieces, sentinels <extra_id_0> = 32099 downwards */
@@ -384,7 +384,7 @@ int main(int argc, char **argv) {
                "max %.3f\n", r.step_s, r.fwd_s, r.bwd_s, r.opt_s, r.step_min_s, r.step_max_s);
         printf("tokens/s: %.0f encoder (B*Le), %.0f decoder positions (B*Ld), %.0f targets "
                "(%ld per batch)\n", enc_tps, dec_tps, tgt_tps, r.targets);
-        printf("compute: %.2f GFLOP/step (t5-spec 8), %.1f GFLOP/s achieved, MFU %.1f%% of the "
+        printf("compute: %.2f GFLOP/step (docs/t5-recipe.md section 8), %.1f GFLOP/s achieved, MFU %.1f%% of the "
                "%s peak measured in this run%s\n", r.flops_per_step / 1e9, gflops, 100 * mfu,
                gemm_precision_name(gc.precision),
                mfu_flag ? " [UNRELIABLE: peak measurement disturbed]" : "");

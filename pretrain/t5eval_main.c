@@ -28,7 +28,7 @@
  * (data/loader.h: files of GLOB, seed S (default 1: the trainer validates with its --seed + 1), B canonical streams, one epoch at most),
  * forward only. Prints ONE JSON line
  *   {"loss": L, "loss_sum": S, "tokens": N, "neg_log_perplexity": -L, "log_z_squared": Z, "batches": n}
- * with the same definitions summed over all batches (t5-spec.md 6.2: neg_log_perplexity is the
+ * with the same definitions summed over all batches (docs/t5-recipe.md section 6.2: neg_log_perplexity is the
  * mean of -cross-entropy over non-pad targets, in nats). If the data runs out first, the batches
  * read so far are reported (n < N, with a note on stderr); none at all is an error.
  */

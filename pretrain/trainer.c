@@ -1160,7 +1160,7 @@ int trainer_open(Trainer **out, TrainOptions *opts, MPI_Comm world) {
         print_plan_(t, wsize, ranks_per_node, why, precision_msg, avail);
         printf("t5pretrain: BLAS %s\n", blas_runtime_describe());
         printf("t5pretrain: GEMM %s\n", gemm_describe());
-        printf("t5pretrain: %.3f TFLOP per step (t5-spec.md section 8); %s matmul peak measured now: %.1f GFLOP/s (all ranks)%s\n",
+        printf("t5pretrain: %.3f TFLOP per step (docs/t5-recipe.md section 8); %s matmul peak measured now: %.1f GFLOP/s (all ranks)%s\n",
                t->step_flops / 1e12, o->precision, t->peak_gflops,
                disturbed ? " (the measurement varied: the machine looks busy; MFU may read high)" : "");
         if (o->resume) printf("t5pretrain: resumed at step %ld (%lld tokens seen)\n", t->step, t->tokens);

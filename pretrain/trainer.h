@@ -5,7 +5,7 @@
  *
  * One step (trainer_step): every data-parallel rank takes its rows of the global batch, runs
  * forward and backward over micro-batches (gradients of the T5 objective
- *     sum_t w_t (ce_t + z * logZ_t^2) / (global_batch * dec_len)      t5-spec.md section 5.4
+ *     sum_t w_t (ce_t + z * logZ_t^2) / (global_batch * dec_len)      docs/t5-recipe.md section 5.4
  * accumulate), gradients are summed over data-parallel ranks, checked finite, and the optimizer
  * updates the parameters (identically on every rank).
  *

@@ -35,7 +35,7 @@ else
     fail hf_init_deterministic "same seed must give the same file, another seed another file"
 fi
 
-# 3. info: parameter count equals t5-spec.md 2.5's formula (computed here from config.json)
+# 3. info: parameter count equals docs/t5-recipe.md section 2.5's formula (computed here from config.json)
 "$CK" info "$T/a" >"$T/info" 2>&1
 want=$($PY -c "
 import json; c=json.load(open('$T/a/config.json'))

@@ -63,7 +63,7 @@ for r in rows:
         assert k in r and math.isfinite(r[k]), (k, r)
 assert rows[0]["tokens"] == 2 * 512 and rows[2]["tokens"] == 3 * 2 * 512
 assert abs(rows[0]["lr"] - 0.01) < 1e-12
-# A fresh full-vocabulary model starts near ln(32128) + 0.5 = 10.9 nats per token (t5-spec 10.8;
+# A fresh full-vocabulary model starts near ln(32128) + 0.5 = 10.9 nats per token (docs/t5-recipe.md section 10.8;
 # test_model_init checks that closely). With only 2 layers the residual stream still carries the
 # decoder input's own embedding, whose logit is large, so log Z and the loss sit a little higher.
 assert 10.3 < rows[0]["ce"] < 12.0, rows[0]["ce"]

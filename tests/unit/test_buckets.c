@@ -1,6 +1,6 @@
 /*
  * tests/unit/test_buckets.c: the relative position buckets against the boundary tables of
- * t5-spec.md section 2.4 (written out here by hand), in both directions, for distances up to
+ * docs/t5-recipe.md section 2.4 (written out here by hand), in both directions, for distances up to
  * 2000, and the per-head bias rows built from them.
  */
 #include <stdint.h>

@@ -279,7 +279,7 @@ static void test_epochs_and_content(void) {
     free(ref);
 }
 
-/* select_random_chunk inside the loader (t5-spec 4.2): a document longer than 65536 tokens
+/* select_random_chunk inside the loader (docs/t5-recipe.md section 4.2): a document longer than 65536 tokens
  * contributes exactly one aligned 65536-token window (chosen by the seed), its neighbours
  * whole; reference tokens come from spm_encode on the same texts. */
 static void test_long_document_chunk(void) {

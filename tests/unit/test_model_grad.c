@@ -1,6 +1,6 @@
 /*
  * tests/unit/test_model_grad.c: gradients of every op and of a whole tiny T5, against finite
- * differences of a straightforward double-precision reference written here from t5-spec.md
+ * differences of a straightforward double-precision reference written here from docs/t5-recipe.md
  * section 2.4 (plain loops, weights looked up by their Hugging Face names).
  *
  * Why the reference is in double: central differences of an fp32 forward are limited by fp32
@@ -446,7 +446,7 @@ static void test_embedding_tied_head(void) {
 }
 
 /* ---------------------------------------------------------------------------------------------
- * Whole-model reference: the forward of t5-spec.md 2.4 in double, reading each weight by its
+ * Whole-model reference: the forward of docs/t5-recipe.md section 2.4 in double, reading each weight by its
  * Hugging Face name from a double copy of the parameter buffer. */
 
 typedef struct {

@@ -1,7 +1,7 @@
 /*
  * tests/unit/test_model_init.c: the parameter table (counts, Hugging Face names, shapes, order),
- * the Mesh TF initialisation statistics (t5-spec.md section 3), reproducibility, the loss of a
- * freshly initialised full-vocabulary model, and the FLOP formula (t5-spec.md section 8).
+ * the Mesh TF initialisation statistics (docs/t5-recipe.md section 3), reproducibility, the loss of a
+ * freshly initialised full-vocabulary model, and the FLOP formula (docs/t5-recipe.md section 8).
  * Expected numbers come from the spec, not from the code under test.
  */
 #include <math.h>
@@ -26,7 +26,7 @@ static T5Config cfg_(int el, int dl, int d, int f, int h, int k, int gated) {
     return c;
 }
 
-/* t5-spec.md 2.5, written independently of the code under test. */
+/* docs/t5-recipe.md section 2.5, written independently of the code under test. */
 static size_t formula_(const T5Config *c) {
     size_t d = c->d_model, f = c->d_ff, h = c->n_heads, I = h * c->d_kv;
     size_t ffm = c->ffn == T5_FFN_GATED_GELU ? 3 : 2;
@@ -37,7 +37,7 @@ static size_t formula_(const T5Config *c) {
 
 static void test_param_counts(void) {
     struct { T5Config c; size_t want; } cases[] = {
-        {cfg_(4, 4, 256, 1024, 4, 64, 0), 15570688},    /* Tiny, t5-spec 2.2 */
+        {cfg_(4, 4, 256, 1024, 4, 64, 0), 15570688},    /* Tiny, docs/t5-recipe.md section 2.2 */
         {cfg_(6, 6, 512, 2048, 8, 64, 0), 60506624},    /* Small */
         {cfg_(3, 2, 128, 320, 3, 32, 1), 0},            /* gated + untied: by the formula */
     };
@@ -209,7 +209,7 @@ static void test_init_reproducible(void) {
 }
 
 /* Fresh model on random tokens: logits = h E^T / sqrt(d) with |h|^2 = d and E ~ N(0,1) are
- * ~N(0,1), so logZ ~ ln V + 1/2 = 10.88 (t5-spec.md 10.8) and the z-loss 1e-4 logZ^2 ~ 0.0118. */
+ * ~N(0,1), so logZ ~ ln V + 1/2 = 10.88 (docs/t5-recipe.md section 10.8) and the z-loss 1e-4 logZ^2 ~ 0.0118. */
 static void test_initial_loss(void) {
     int q = test_quick();
     T5Config c = cfg_(2, 2, 64, 128, 2, 32, 0);
@@ -238,7 +238,7 @@ static void test_initial_loss(void) {
     t5_model_free(&m);
 }
 
-/* Model FLOPs per step against the table of t5-spec.md section 8 (B = 128, Le = 512). */
+/* Model FLOPs per step against the table of docs/t5-recipe.md section 8 (B = 128, Le = 512). */
 static void test_flops(void) {
     struct { T5Config c; int Ld; double tflop; } cases[] = {
         {cfg_(4, 4, 256, 1024, 4, 64, 0), 128, 3.15},

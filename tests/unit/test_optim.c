@@ -1,6 +1,6 @@
 /*
  * tests/unit/test_optim.c: Adafactor, AdamW and the LR schedules against plain double-precision
- * transcriptions of t5-spec.md 5.2 / 5.3 / 10.5-10.6 written in this file (ref_*), which share no
+ * transcriptions of docs/t5-recipe.md section 5.2 / 5.3 / 10.5-10.6 written in this file (ref_*), which share no
  * code with pretrain/optim.c.
  *
  * Tolerances. The optimizer keeps weights and state in float32 (as MTF does) and the reference
@@ -20,7 +20,7 @@
 #define PI_ 3.14159265358979323846
 
 /* ------------------------------------------------------------------------------------------ */
-/* Reference: t5-spec.md 5.2 transcribed literally, everything in double. */
+/* Reference: docs/t5-recipe.md section 5.2 transcribed literally, everything in double. */
 
 typedef struct {
     int rows, cols;     /* cols = 0: 1-D of rows elements */
@@ -189,7 +189,7 @@ static double rel_err_(const float *a, const double *b, size_t n) {
 static void test_lr_schedule(void) {
     OptimConfig c;
     optim_config_default(&c, OPTIM_ADAFACTOR);
-    /* t5-spec.md 10.6 (values printed with 5 significant digits) */
+    /* docs/t5-recipe.md section 10.6 (values printed with 5 significant digits) */
     CHECK_NEAR(lr_schedule_at(&c.lr, 0), 0.01, 1e-15);
     CHECK_NEAR(lr_schedule_at(&c.lr, 5000), 0.01, 1e-15);
     CHECK_NEAR(lr_schedule_at(&c.lr, 10000), 0.01, 1e-15);

@@ -1,5 +1,5 @@
 /*
- * tests/unit/test_span.c: T5 span corruption (t5-spec 4.2-4.8) and packing.
+ * tests/unit/test_span.c: T5 span corruption (docs/t5-recipe.md section 4.2-4.8) and packing.
  *
  * Expected values come from the spec (worked example, helper table, float32 rounding cases
  * checked with numpy float32), from counting, or from independent reconstruction, never from

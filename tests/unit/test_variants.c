@@ -1,6 +1,7 @@
 /*
- * tests/unit/test_variants.c: the variant registry against tests/data/seed-variants.tsv (a copy of
- * shared/seed-variants.tsv), the naming rules of t5-spec.md 2.2 and the count formula of 2.5.
+ * tests/unit/test_variants.c: the variant registry against tests/data/seed-variants.tsv (the
+ * published variants and their model-card counts), the naming rules of docs/t5-recipe.md
+ * section 2.2 and the count formula of 2.5.
  *
  * Expected parameter counts come from the tsv or from an independent tensor-by-tensor inventory
  * written in this file (inventory_params_), never from t5_config_num_params itself.
@@ -10,7 +11,7 @@
 
 #include <ctype.h>
 
-/* Sum of the sizes of every tensor of the HF T5 v1.0 state dict (t5-spec.md 2.5 list), written
+/* Sum of the sizes of every tensor of the HF T5 v1.0 state dict (docs/t5-recipe.md section 2.5 list), written
  * tensor by tensor rather than with the closed formula. */
 static size_t inventory_params_(int el, int dl, int d, int f, int h, int k, int tied, int gated) {
     size_t V = 32128, I = (size_t)h * k, n = 0;
