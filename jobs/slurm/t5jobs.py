@@ -191,8 +191,16 @@ def plan(variant, world, ranks_per_node, cpus_per_task, pp, trainer_args):
 # ---- Slurm -----------------------------------------------------------------------------------
 
 def slurm_available():
+    """sbatch and scontrol on PATH and a configuration to read (without one the clients retry
+    for a minute before failing)."""
     from shutil import which
-    return which("sbatch") is not None and which("scontrol") is not None
+    if which("sbatch") is None or which("scontrol") is None:
+        return False
+    conf = os.environ.get("SLURM_CONF")
+    if conf:
+        return os.path.isfile(conf)
+    return any(os.path.isfile(p) for p in ("/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf",
+                                           "/run/slurm/conf/slurm.conf", "/var/spool/slurmd/conf-cache/slurm.conf"))
 
 
 def run_slurm(cmd, timeout=30):
