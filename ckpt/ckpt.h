@@ -23,6 +23,19 @@
  *   "adamw_m/<HF name>", "adamw_v/<HF name>"           AdamW moments
  *   "data_cursor"                                      merged data-stream cursors (bytes, JSON)
  *
+ * The meta object (rank 0's meta_json) is free-form for ckpt_save, but bin/t5ckpt (info, export)
+ * reads these keys, so the trainer writes them:
+ *   "variant"  string, the canonical variant name
+ *   "step"     integer, optimizer steps done;   "tokens"  integer, tokens seen
+ *   "config"   object: the T5Config with the keys (and meanings) of Hugging Face config.json:
+ *              d_model, d_kv, d_ff, num_layers, num_decoder_layers, num_heads,
+ *              relative_attention_num_buckets, relative_attention_max_distance, vocab_size,
+ *              feed_forward_proj ("relu" | "gated-gelu"), tie_word_embeddings, layer_norm_epsilon
+ *   "options"  object: every option in force, including "spm" (path of the SentencePiece model,
+ *              copied as spiece.model by export) and "data" (the training data glob)
+ *   "layout", "rng", ...  anything else the trainer needs to resume (the parallel layout at save)
+ * and every parameter as "param/<HF name>" (F32, the HF shape), so export needs nothing else.
+ *
  * Commit protocol (redis rdbSave discipline): every rank writes its shard into step_N.tmp/ and
  * fsyncs it; the piece tables are gathered to rank 0; rank 0 writes manifest.json (temp, fsync,
  * rename), fsyncs the directory, renames step_N.tmp -> step_N, fsyncs RUN/ckpt, then replaces
@@ -37,6 +50,11 @@
 #include <stdint.h>
 
 typedef enum { CKPT_F32 = 0, CKPT_U8 = 1 } CkptDtype;
+
+/* zstd level used when CkptSaveArgs.zstd_level is 0. Chosen by measurement (ckpt/README.md):
+ * on normal-distributed fp32 stored byte-plane shuffled, level 1 gives the best ratio per second
+ * (higher levels are 2-10x slower for under 1% more). */
+#define CKPT_DEFAULT_ZSTD_LEVEL 1
 
 /* One piece this rank writes. data is only read during ckpt_save / ckpt_save_begin. */
 typedef struct {
@@ -63,10 +81,12 @@ typedef struct {
 int ckpt_save(MPI_Comm comm, const CkptSaveArgs *args, const CkptPiece *pieces, int n_pieces,
               char *err, size_t errlen);
 
-/* Background save: ckpt_save_begin copies the pieces (so the caller may change its buffers at
- * once) and writes/commits them on a thread of its own with a duplicate of comm; ckpt_save_end
- * waits for it and returns what ckpt_save would have (collective: every rank calls it). At most
- * one background save is in flight; begin while one is running first ends it. */
+/* Background save: ckpt_save_begin copies the pieces and meta_json (so the caller may change its
+ * buffers at once), duplicates comm (collective, in the calling thread) and writes/commits them
+ * on a thread of its own; ckpt_save_end waits for it and returns what ckpt_save would have
+ * (collective: every rank calls it). Needs MPI_THREAD_MULTIPLE. At most one background save is in
+ * flight per process: calling begin again before end is a programming error (fatal, with a hint).
+ * begin never returns NULL. */
 typedef struct CkptAsync CkptAsync;
 CkptAsync *ckpt_save_begin(MPI_Comm comm, const CkptSaveArgs *args, const CkptPiece *pieces,
                            int n_pieces, char *err, size_t errlen);
@@ -91,6 +111,9 @@ int ckpt_tensor_info(const Ckpt *ck, const char *name, CkptDtype *dtype, int *nd
 int ckpt_tensor_count(const Ckpt *ck);
 const char *ckpt_tensor_name(const Ckpt *ck, int i);
 
+/* Bytes of every piece as stored (compressed) and raw (uncompressed), summed over all tensors. */
+void ckpt_sizes(const Ckpt *ck, uint64_t *stored_bytes, uint64_t *raw_bytes);
+
 /* Read elements [elem_offset, elem_offset + numel) of tensor `name` into out (dtype size each),
  * from whichever pieces hold them, checking every piece's checksum. 0, or -1 with a message
  * naming the shard file and tensor (missing range, checksum mismatch, truncated shard...). */
@@ -106,8 +129,17 @@ int ckpt_verify(const char *step_dir, char *err, size_t errlen);
 int ckpt_latest(const char *run_dir, char *out, size_t outlen, char *err, size_t errlen);
 /* Committed steps in RUN/ckpt, newest first (malloc'ed; caller frees). Count in *n. */
 long *ckpt_list_steps(const char *run_dir, int *n);
-/* Retention after a commit: keep the newest keep_last (0 = all) and every step that is a multiple
- * of keep_every (0 = none); never the one `latest` names. Returns how many were deleted, -1 on error. */
+/* Retention after a commit (rank 0 only, no save in flight): keep the newest keep_last (0 = all)
+ * and every step that is a multiple of keep_every (0 = none); never the one `latest` names.
+ * Returns how many were deleted, -1 on error (message names the directory). */
 int ckpt_retain(const char *run_dir, int keep_last, long keep_every, char *err, size_t errlen);
+
+/* ---- testing only ----
+ * ckpt_test_crash_point = k (default 0) makes ckpt_save stop like a killed process at stage k,
+ * touching nothing more and cleaning nothing up (it returns -1 with "simulated crash"):
+ *   1 shards written and fsynced in step_N.tmp/, no manifest yet
+ *   2 manifest.json written into step_N.tmp/, directory not yet renamed
+ *   3 step_N.tmp renamed to step_N, latest not yet replaced */
+extern int ckpt_test_crash_point;
 
 #endif

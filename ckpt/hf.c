@@ -3,7 +3,10 @@
  */
 #include "ckpt/hf.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
@@ -11,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "ckpt/safetensors.h"
 #include "common/util.h"
@@ -58,27 +62,12 @@ static int get_int_(json_t *root, const char *path, const char *key, int require
     return 0;
 }
 
-int hf_config_read(const char *dir, T5Config *cfg, char *err, size_t errlen) {
-    char *path = join_(dir, "config.json");
-    json_error_t jerr;
-    json_t *root = json_load_file(path, 0, &jerr);
-    int rc = -1;
-    if (!root) {
-        char *in_final = join_(dir, "final/config.json");
-        if (!file_exists_(path) && file_exists_(in_final))
-            set_error(err, errlen, "%s: not found; %s is a training run directory (HINT: its weights "
-                      "are in %s/final)", path, dir, dir);
-        else if (!file_exists_(path))
-            set_error(err, errlen, "%s: not found (HINT: name a folder holding config.json and "
-                      "model.safetensors, such as a run's final/)", path);
-        else
-            set_error(err, errlen, "%s: bad JSON: %s (line %d)", path, jerr.text, jerr.line);
-        free(in_final);
-        goto done;
-    }
+/* Fill *cfg from a parsed config object; where names the file (or checkpoint) in messages. */
+static int config_from_json_(json_t *root, const char *path, const char *fallback_name, T5Config *cfg,
+                             char *err, size_t errlen) {
     if (!json_is_object(root)) {
         set_error(err, errlen, "%s: not a JSON object", path);
-        goto done;
+        return -1;
     }
     memset(cfg, 0, sizeof *cfg);
     json_t *mt = json_object_get(root, "model_type");
@@ -86,7 +75,7 @@ int hf_config_read(const char *dir, T5Config *cfg, char *err, size_t errlen) {
                                        strcmp(json_string_value(mt), "mt5") != 0))) {
         set_error(err, errlen, "%s: model_type is %s, expected \"t5\"", path,
                 json_is_string(mt) ? json_string_value(mt) : "not a string");
-        goto done;
+        return -1;
     }
     if (get_int_(root, path, "d_model", 1, 0, &cfg->d_model, err, errlen) ||
         get_int_(root, path, "d_kv", 1, 0, &cfg->d_kv, err, errlen) ||
@@ -97,7 +86,7 @@ int hf_config_read(const char *dir, T5Config *cfg, char *err, size_t errlen) {
         get_int_(root, path, "vocab_size", 1, 0, &cfg->vocab_size, err, errlen) ||
         get_int_(root, path, "relative_attention_num_buckets", 0, 32, &cfg->num_buckets, err, errlen) ||
         get_int_(root, path, "relative_attention_max_distance", 0, 128, &cfg->max_distance, err, errlen))
-        goto done;
+        return -1;
     json_t *ff = json_object_get(root, "feed_forward_proj");
     const char *ffs = ff && json_is_string(ff) ? json_string_value(ff) : (ff ? NULL : "relu");
     if (ffs && strcmp(ffs, "relu") == 0) cfg->ffn = T5_FFN_RELU;
@@ -105,41 +94,80 @@ int hf_config_read(const char *dir, T5Config *cfg, char *err, size_t errlen) {
     else {
         set_error(err, errlen, "%s: feed_forward_proj %s is not supported (\"relu\" for T5 v1.0 / "
                 "T5-Efficient, \"gated-gelu\" for v1.1)", path, ffs ? ffs : "(not a string)");
-        goto done;
+        return -1;
     }
     json_t *tie = json_object_get(root, "tie_word_embeddings");
     if (tie && !json_is_boolean(tie)) {
         set_error(err, errlen, "%s: tie_word_embeddings must be true or false", path);
-        goto done;
+        return -1;
     }
     cfg->tied_embedding = tie ? json_is_true(tie) : 1;
     if (cfg->ffn == T5_FFN_GATED_GELU && cfg->tied_embedding) {
         set_error(err, errlen, "%s: feed_forward_proj \"gated-gelu\" with a tied embedding is not "
                 "supported (T5 v1.1 configs set \"tie_word_embeddings\": false)", path);
-        goto done;
+        return -1;
     }
     json_t *eps = json_object_get(root, "layer_norm_epsilon");
     if (eps && !json_is_number(eps)) {
         set_error(err, errlen, "%s: layer_norm_epsilon must be a number", path);
-        goto done;
+        return -1;
     }
     cfg->layer_norm_eps = eps ? (float)json_number_value(eps) : 1e-6f;
     json_t *nm = json_object_get(root, "_name_or_path");
-    const char *name = nm && json_is_string(nm) && *json_string_value(nm) ? json_string_value(nm) : dir;
+    const char *name = nm && json_is_string(nm) && *json_string_value(nm) ? json_string_value(nm) : fallback_name;
     snprintf(cfg->name, sizeof cfg->name, "%s", name);
     char verr[256];
     if (t5_config_validate(cfg, verr, sizeof verr) != 0) {
         set_error(err, errlen, "%s: %s", path, verr);
+        return -1;
+    }
+    return 0;
+}
+
+int hf_config_parse(const char *json_text, const char *where, const char *name, T5Config *cfg,
+                    char *err, size_t errlen) {
+    json_error_t jerr;
+    json_t *root = json_loads(json_text, 0, &jerr);
+    if (!root) {
+        set_error(err, errlen, "%s: bad JSON: %s", where, jerr.text);
+        return -1;
+    }
+    int rc = config_from_json_(root, where, name, cfg, err, errlen);
+    json_decref(root);
+    return rc;
+}
+
+int hf_config_read(const char *dir, T5Config *cfg, char *err, size_t errlen) {
+    char *path = join_(dir, "config.json");
+    json_error_t jerr;
+    json_t *root = json_load_file(path, 0, &jerr);
+    int rc = -1;
+    if (!root) {
+        char *in_final = join_(dir, "final/config.json");
+        char *manifest = join_(dir, "manifest.json");
+        if (!file_exists_(path) && file_exists_(in_final))
+            set_error(err, errlen, "%s: not found; %s is a training run directory (HINT: its weights "
+                      "are in %s/final)", path, dir, dir);
+        else if (!file_exists_(path) && file_exists_(manifest))
+            set_error(err, errlen, "%s: not found; %s is a training checkpoint (HINT: t5ckpt export "
+                      "--model %s --out HFDIR makes a Hugging Face folder of it)", path, dir, dir);
+        else if (!file_exists_(path))
+            set_error(err, errlen, "%s: not found (HINT: name a folder holding config.json and "
+                      "model.safetensors, such as a run's final/)", path);
+        else
+            set_error(err, errlen, "%s: bad JSON: %s (line %d)", path, jerr.text, jerr.line);
+        free(in_final);
+        free(manifest);
         goto done;
     }
-    rc = 0;
+    rc = config_from_json_(root, path, dir, cfg, err, errlen);
 done:
     if (root) json_decref(root);
     free(path);
     return rc;
 }
 
-static int config_write_(const char *dir, const T5Config *c, char *err, size_t errlen) {
+char *hf_config_to_json(const T5Config *c) {
     json_t *o = json_object();
     json_object_set_new(o, "architectures", json_pack("[s]", "T5ForConditionalGeneration"));
     json_object_set_new(o, "model_type", json_string("t5"));
@@ -168,6 +196,11 @@ static int config_write_(const char *dir, const T5Config *c, char *err, size_t e
     char *text = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
     json_decref(o);
     if (!text) FATAL("out of memory?", "json_dumps failed for config.json");
+    return text;
+}
+
+static int config_write_(const char *dir, const T5Config *c, char *err, size_t errlen) {
+    char *text = hf_config_to_json(c);
     size_t n = strlen(text);
     text = xrealloc(text, n + 2);
     text[n] = '\n';
@@ -206,16 +239,159 @@ int hf_write_tensors(const char *path, const T5Model *m, const float *buf, char 
     return rc;
 }
 
-int hf_save(const char *dir, const T5Model *m, char *err, size_t errlen) {
-    if (mkdir_p(dir) != 0) {
-        set_error(err, errlen, "%s: cannot create directory: %s", dir, strerror(errno));
+int hf_test_crash_point = 0;
+
+static int rm_cb_(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb; (void)flag; (void)ftw;
+    return remove(p);
+}
+static int rm_rf_(const char *path) {
+    struct stat st;
+    if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : -1;
+    return nftw(path, rm_cb_, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static int write_text_(const char *dir, const char *name, const char *text, char *err, size_t errlen) {
+    char *path = join_(dir, name);
+    int rc = write_file_atomic(path, text, strlen(text));
+    if (rc != 0)
+        set_error(err, errlen, "%s: write failed: %s (HINT: check free space and permissions)", path,
+                  strerror(errno));
+    free(path);
+    return rc;
+}
+
+int hf_write_tokenizer(const char *dir, const char *spm_path, char *err, size_t errlen) {
+    size_t n;
+    char *model = read_file_all(spm_path, &n);
+    if (!model) {
+        set_error(err, errlen, "%s: cannot read the SentencePiece model: %s (HINT: t5ckpt export --spm FILE "
+                  "names another copy)", spm_path, strerror(errno));
         return -1;
     }
-    char *path = join_(dir, "model.safetensors");
-    int rc = hf_write_tensors(path, m, m->params, err, errlen);
+    char *path = join_(dir, "spiece.model");
+    int rc = write_file_atomic(path, model, n);
+    if (rc != 0)
+        set_error(err, errlen, "%s: write failed: %s (HINT: check free space and permissions)", path,
+                  strerror(errno));
     free(path);
+    free(model);
     if (rc != 0) return -1;
-    return config_write_(dir, &m->cfg, err, errlen);
+    /* what transformers' T5Tokenizer reads: the special tokens and the 100 sentinels */
+    json_t *extra = json_array();
+    for (int i = 0; i < 100; i++) {
+        char t[32];
+        snprintf(t, sizeof t, "<extra_id_%d>", i);
+        json_array_append_new(extra, json_string(t));
+    }
+    json_t *stm = json_pack("{s:s, s:s, s:s, s:O}", "eos_token", "</s>", "pad_token", "<pad>", "unk_token",
+                            "<unk>", "additional_special_tokens", extra);
+    json_t *tc = json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:O, s:b, s:b}", "tokenizer_class", "T5Tokenizer",
+                           "eos_token", "</s>", "pad_token", "<pad>", "unk_token", "<unk>", "extra_ids", 100,
+                           "model_max_length", 512, "additional_special_tokens", extra,
+                           "legacy", 1, "clean_up_tokenization_spaces", 1);
+    json_decref(extra);
+    char *a = json_dumps(stm, JSON_INDENT(2) | JSON_SORT_KEYS), *b = json_dumps(tc, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(stm);
+    json_decref(tc);
+    if (!a || !b) FATAL("out of memory?", "json_dumps failed for the tokenizer files");
+    size_t na = strlen(a), nb = strlen(b);
+    a = xrealloc(a, na + 2); strcpy(a + na, "\n");
+    b = xrealloc(b, nb + 2); strcpy(b + nb, "\n");
+    rc = write_text_(dir, "special_tokens_map.json", a, err, errlen);
+    if (rc == 0) rc = write_text_(dir, "tokenizer_config.json", b, err, errlen);
+    free(a);
+    free(b);
+    return rc;
+}
+
+int hf_save_folder(const char *dir_in, const T5Model *m, const HfSaveOpts *opts, char *err, size_t errlen) {
+    HfSaveOpts none = {0};
+    if (!opts) opts = &none;
+    char *dir = xstrdup(dir_in);
+    for (size_t n = strlen(dir); n > 1 && dir[n - 1] == '/'; n--) dir[n - 1] = 0;
+    char *slash = strrchr(dir, '/');
+    char *parent = slash ? (slash == dir ? xstrdup("/") : strndup(dir, (size_t)(slash - dir))) : xstrdup(".");
+    const char *base = slash ? slash + 1 : dir;
+    size_t tn = strlen(dir) + 32;
+    char *tmp = xmalloc(tn);
+    snprintf(tmp, tn, "%s.tmp-%ld", dir, (long)getpid());
+    int rc = -1, made = 0;
+    struct stat st;
+    int exists = lstat(dir, &st) == 0;
+    if (exists && !S_ISDIR(st.st_mode)) {
+        set_error(err, errlen, "%s exists and is not a directory", dir);
+        goto done;
+    }
+    if (exists && !opts->replace) {
+        set_error(err, errlen, "%s already exists (HINT: --force replaces it; or choose another folder)", dir);
+        goto done;
+    }
+    if (mkdir_p(parent) != 0) {
+        set_error(err, errlen, "%s: cannot create directory: %s", parent, strerror(errno));
+        goto done;
+    }
+    /* leftovers of a crashed writer of this folder: DIR.tmp-<pid> */
+    DIR *d = opendir(parent);
+    if (d) {
+        struct dirent *e;
+        size_t bl = strlen(base);
+        while ((e = readdir(d))) {
+            if (strncmp(e->d_name, base, bl) != 0 || strncmp(e->d_name + bl, ".tmp-", 5) != 0) continue;
+            const char *q = e->d_name + bl + 5;
+            if (!*q || strspn(q, "0123456789") != strlen(q)) continue;
+            char *p = join_(parent, e->d_name);
+            if (rm_rf_(p) != 0) fprintf(stderr, "warning: %s: cannot remove a leftover: %s\n", p, strerror(errno));
+            free(p);
+        }
+        closedir(d);
+    }
+    if (mkdir(tmp, 0755) != 0) {
+        set_error(err, errlen, "%s: cannot create: %s (HINT: check free space and permissions)", tmp, strerror(errno));
+        goto done;
+    }
+    made = 1;
+    char *path = join_(tmp, "model.safetensors");
+    int w = hf_write_tensors(path, m, m->params, err, errlen);
+    free(path);
+    if (w != 0) goto done;
+    if (hf_test_crash_point == 1) { set_error(err, errlen, "simulated crash after the weights"); made = 0; goto done; }
+    if (config_write_(tmp, &m->cfg, err, errlen) != 0) goto done;
+    if (opts->spm_path && hf_write_tokenizer(tmp, opts->spm_path, err, errlen) != 0) goto done;
+    if (exists) {
+        if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dir, RENAME_EXCHANGE) != 0) {
+            set_error(err, errlen, "%s: cannot replace atomically: %s", dir, strerror(errno));
+            goto done;
+        }
+        /* tmp now holds the old folder */
+    } else if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dir, RENAME_NOREPLACE) != 0) {
+        if (errno != EINVAL || rename(tmp, dir) != 0) {
+            set_error(err, errlen, "rename %s -> %s: %s", tmp, dir, strerror(errno));
+            goto done;
+        }
+    } else {
+        made = 0;
+    }
+    if (!exists) made = 0;
+    int fd = open(parent, O_RDONLY | O_DIRECTORY);
+    if (fd < 0 || fsync(fd) != 0) {
+        set_error(err, errlen, "%s: fsync failed: %s", parent, strerror(errno));
+        if (fd >= 0) close(fd);
+        goto done;
+    }
+    close(fd);
+    rc = 0;
+done:
+    if (made && rm_rf_(tmp) != 0) fprintf(stderr, "warning: %s: cannot remove: %s\n", tmp, strerror(errno));
+    free(tmp);
+    free(parent);
+    free(dir);
+    return rc;
+}
+
+int hf_save(const char *dir, const T5Model *m, char *err, size_t errlen) {
+    HfSaveOpts o = {.replace = 1};
+    return hf_save_folder(dir, m, &o, err, errlen);
 }
 
 static void shape_str_(char *buf, size_t n, int ndim, const int64_t *shape) {

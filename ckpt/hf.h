@@ -39,9 +39,39 @@
  * naming the file and the key into err; *cfg is unspecified on failure. */
 int hf_config_read(const char *dir, T5Config *cfg, char *err, size_t errlen);
 
-/* Write DIR/config.json and DIR/model.safetensors for m's parameters (mkdir -p DIR first). Each
- * file is written durably (temp, fsync, rename, fsync dir). 0, or -1 with a message in err. */
+/* As hf_config_read, from JSON text (e.g. a checkpoint's meta "config"); where names the source in
+ * messages, name is the config's name when the JSON has no "_name_or_path". */
+int hf_config_parse(const char *json_text, const char *where, const char *name, T5Config *cfg,
+                    char *err, size_t errlen);
+
+/* The config.json text for c (the keys and values listed above; malloc'ed, caller frees), e.g. for
+ * a checkpoint's meta "config". */
+char *hf_config_to_json(const T5Config *c);
+
+typedef struct {
+    int replace;            /* 1: an existing DIR is replaced (atomically); 0: refuse (error) */
+    const char *spm_path;   /* if set: the tokenizer files too (hf_write_tokenizer) */
+} HfSaveOpts;
+
+/* Write the folder DIR for m's parameters, atomically: everything goes into DIR.tmp-<pid>/ (each
+ * file temp, fsync, rename, fsync dir), which is then renamed to DIR (an existing DIR, if
+ * opts->replace, is swapped out with renameat2 RENAME_EXCHANGE and removed), then the parent is
+ * fsynced. A crash at any instant leaves the old DIR (or none) intact, plus at most a leftover
+ * DIR.tmp-*, which the next hf_save_folder of DIR removes. opts NULL = {0}: refuse an existing
+ * DIR, no tokenizer. 0, or -1 with a message in err (the old DIR untouched). */
+int hf_save_folder(const char *dir, const T5Model *m, const HfSaveOpts *opts, char *err, size_t errlen);
+
+/* hf_save_folder(dir, m, {.replace = 1}): the old behaviour (replace), now atomic. */
 int hf_save(const char *dir, const T5Model *m, char *err, size_t errlen);
+
+/* Write DIR/spiece.model (a copy of spm_path), DIR/tokenizer_config.json and
+ * DIR/special_tokens_map.json as transformers' T5Tokenizer reads them (eos </s>, pad <pad>,
+ * unk <unk>, 100 sentinels <extra_id_0..99>, model_max_length 512). 0 or -1 with a message. */
+int hf_write_tokenizer(const char *dir, const char *spm_path, char *err, size_t errlen);
+
+/* testing only: 1 makes hf_save_folder stop like a killed process after writing the weights into
+ * DIR.tmp-<pid>/ (nothing renamed, nothing cleaned up; returns -1). */
+extern int hf_test_crash_point;
 
 /* Write buf (m->num_params floats in m's layout, e.g. m->params or m->grads) to path as
  * safetensors with the Hugging Face names and shapes (tied: shared.weight only). 0 or -1. */

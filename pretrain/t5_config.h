@@ -50,7 +50,8 @@ int t5_config_validate(const T5Config *cfg, char *err, size_t errlen);
 int t5_variant_count(void);
 const char *t5_variant_name(int i);
 
-/* Print the DESIGN.md TSV "name el dl dm ff kv nh params" (header + one row per variant). */
+/* Print the TSV "name el dl dm ff kv nh params" (header + one row per variant), the stable
+ * --list-variants contract of docs/architecture.md section 9. */
 void t5_variants_print_tsv(FILE *out);
 
 #endif

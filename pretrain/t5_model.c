@@ -24,8 +24,12 @@
 /* ---------------------------------------------------------------------------------------------
  * Parameter table: Hugging Face names, shapes and state-dict order. */
 
-static void add_tensor_(T5Model *m, int *cap, size_t *off, const char *name, int ndim, int s0,
-                        int s1) {
+/* Append tensor `name` to the table when keep is set; the global index counts every tensor of the
+ * full model, kept or not, so a stage's tensors carry their whole-model index. */
+static void add_tensor_(T5Model *m, int *cap, size_t *off, int *gidx, int keep, const char *name,
+                        int ndim, int s0, int s1) {
+    int g = (*gidx)++;
+    if (!keep) return;
     if (m->num_tensors == *cap) {
         *cap = *cap ? 2 * *cap : 64;
         m->tensors = xrealloc(m->tensors, (size_t)*cap * sizeof(T5Tensor));
@@ -38,13 +42,32 @@ static void add_tensor_(T5Model *m, int *cap, size_t *off, const char *name, int
     t->shape[1] = ndim == 2 ? s1 : 0;
     t->numel = (size_t)s0 * (ndim == 2 ? (size_t)s1 : 1);
     t->offset = *off;
+    t->global_index = g;
     *off += t->numel;
 }
 
+void t5_stage_range_full(const T5Config *cfg, T5StageRange *r) {
+    r->embed = 1;
+    r->enc_begin = 0;
+    r->enc_end = cfg->n_enc_layers;
+    r->enc_norm = 1;
+    r->dec_begin = 0;
+    r->dec_end = cfg->n_dec_layers;
+    r->head = 1;
+}
+
 void t5_model_build(T5Model *m, const T5Config *cfg) {
+    T5StageRange r;
+    t5_stage_range_full(cfg, &r);
+    t5_model_build_stage(m, cfg, &r);
+}
+
+void t5_model_build_stage(T5Model *m, const T5Config *cfg, const T5StageRange *range) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
+    m->range = *range;
     const T5Config *c = cfg;
+    const T5StageRange *r = range;
     if (c->n_enc_layers < 1 || c->n_dec_layers < 1 || c->d_model < 1 || c->d_ff < 1 ||
         c->n_heads < 1 || c->d_kv < 1 || c->vocab_size < 2 || c->num_buckets < 2 ||
         c->max_distance < 2 || (c->ffn != T5_FFN_RELU && c->ffn != T5_FFN_GATED_GELU))
@@ -52,58 +75,66 @@ void t5_model_build(T5Model *m, const T5Config *cfg) {
               "t5_model_build: invalid config '%s' (el=%d dl=%d d=%d f=%d h=%d k=%d V=%d ffn=%d "
               "tied=%d)", c->name, c->n_enc_layers, c->n_dec_layers, c->d_model, c->d_ff,
               c->n_heads, c->d_kv, c->vocab_size, (int)c->ffn, c->tied_embedding);
+    if (r->enc_begin < 0 || r->enc_end > c->n_enc_layers || r->enc_begin > r->enc_end ||
+        r->dec_begin < 0 || r->dec_end > c->n_dec_layers || r->dec_begin > r->dec_end)
+        FATAL("this is a bug in the stage split", "t5_model_build_stage: bad range enc [%d,%d) dec [%d,%d)",
+              r->enc_begin, r->enc_end, r->dec_begin, r->dec_end);
     int d = c->d_model, f = c->d_ff, H = c->n_heads, HK = c->n_heads * c->d_kv;
     int V = c->vocab_size, nb = c->num_buckets, gated = c->ffn == T5_FFN_GATED_GELU;
-    int cap = 0;
+    int dec_embed = r->dec_begin == 0 && r->dec_end > 0;
+    int cap = 0, gidx = 0;
     size_t off = 0;
     char nm[96];
-    add_tensor_(m, &cap, &off, "shared.weight", 2, V, d);
+    add_tensor_(m, &cap, &off, &gidx, r->embed || dec_embed || (r->head && c->tied_embedding),
+                "shared.weight", 2, V, d);
     for (int stack = 0; stack < 2; stack++) {
         const char *sn = stack == 0 ? "encoder" : "decoder";
         int L = stack == 0 ? c->n_enc_layers : c->n_dec_layers;
+        int b0 = stack == 0 ? r->enc_begin : r->dec_begin, b1 = stack == 0 ? r->enc_end : r->dec_end;
         for (int l = 0; l < L; l++) {
+            int keep = l >= b0 && l < b1;
             static const char *qkvo[4] = {"q", "k", "v", "o"};
             for (int w = 0; w < 4; w++) {
                 snprintf(nm, sizeof nm, "%s.block.%d.layer.0.SelfAttention.%s.weight", sn, l, qkvo[w]);
-                add_tensor_(m, &cap, &off, nm, 2, w < 3 ? HK : d, w < 3 ? d : HK);
+                add_tensor_(m, &cap, &off, &gidx, keep, nm, 2, w < 3 ? HK : d, w < 3 ? d : HK);
             }
-            if (l == 0) {
+            if (l == 0) {   /* the stack's one bias table: on every stage running its blocks */
                 snprintf(nm, sizeof nm, "%s.block.0.layer.0.SelfAttention.relative_attention_bias.weight", sn);
-                add_tensor_(m, &cap, &off, nm, 2, nb, H);
+                add_tensor_(m, &cap, &off, &gidx, b1 > b0, nm, 2, nb, H);
             }
             snprintf(nm, sizeof nm, "%s.block.%d.layer.0.layer_norm.weight", sn, l);
-            add_tensor_(m, &cap, &off, nm, 1, d, 0);
+            add_tensor_(m, &cap, &off, &gidx, keep, nm, 1, d, 0);
             int ff = 1;
             if (stack == 1) {
                 for (int w = 0; w < 4; w++) {
                     snprintf(nm, sizeof nm, "%s.block.%d.layer.1.EncDecAttention.%s.weight", sn, l, qkvo[w]);
-                    add_tensor_(m, &cap, &off, nm, 2, w < 3 ? HK : d, w < 3 ? d : HK);
+                    add_tensor_(m, &cap, &off, &gidx, keep, nm, 2, w < 3 ? HK : d, w < 3 ? d : HK);
                 }
                 snprintf(nm, sizeof nm, "%s.block.%d.layer.1.layer_norm.weight", sn, l);
-                add_tensor_(m, &cap, &off, nm, 1, d, 0);
+                add_tensor_(m, &cap, &off, &gidx, keep, nm, 1, d, 0);
                 ff = 2;
             }
             if (gated) {
                 snprintf(nm, sizeof nm, "%s.block.%d.layer.%d.DenseReluDense.wi_0.weight", sn, l, ff);
-                add_tensor_(m, &cap, &off, nm, 2, f, d);
+                add_tensor_(m, &cap, &off, &gidx, keep, nm, 2, f, d);
                 snprintf(nm, sizeof nm, "%s.block.%d.layer.%d.DenseReluDense.wi_1.weight", sn, l, ff);
-                add_tensor_(m, &cap, &off, nm, 2, f, d);
+                add_tensor_(m, &cap, &off, &gidx, keep, nm, 2, f, d);
             } else {
                 snprintf(nm, sizeof nm, "%s.block.%d.layer.%d.DenseReluDense.wi.weight", sn, l, ff);
-                add_tensor_(m, &cap, &off, nm, 2, f, d);
+                add_tensor_(m, &cap, &off, &gidx, keep, nm, 2, f, d);
             }
             snprintf(nm, sizeof nm, "%s.block.%d.layer.%d.DenseReluDense.wo.weight", sn, l, ff);
-            add_tensor_(m, &cap, &off, nm, 2, d, f);
+            add_tensor_(m, &cap, &off, &gidx, keep, nm, 2, d, f);
             snprintf(nm, sizeof nm, "%s.block.%d.layer.%d.layer_norm.weight", sn, l, ff);
-            add_tensor_(m, &cap, &off, nm, 1, d, 0);
+            add_tensor_(m, &cap, &off, &gidx, keep, nm, 1, d, 0);
         }
         snprintf(nm, sizeof nm, "%s.final_layer_norm.weight", sn);
-        add_tensor_(m, &cap, &off, nm, 1, d, 0);
+        add_tensor_(m, &cap, &off, &gidx, stack == 0 ? r->enc_norm : r->head, nm, 1, d, 0);
     }
-    if (!c->tied_embedding) add_tensor_(m, &cap, &off, "lm_head.weight", 2, V, d);
+    if (!c->tied_embedding) add_tensor_(m, &cap, &off, &gidx, r->head, "lm_head.weight", 2, V, d);
     m->num_params = off;
-    m->params = xmalloc_aligned(off * sizeof(float));
-    m->grads = xmalloc_aligned(off * sizeof(float));
+    m->params = xmalloc_aligned((off ? off : 1) * sizeof(float));
+    m->grads = xmalloc_aligned((off ? off : 1) * sizeof(float));
     memset(m->params, 0, off * sizeof(float));
     memset(m->grads, 0, off * sizeof(float));
 }
@@ -194,7 +225,7 @@ void t5_model_init_weights(T5Model *m, uint64_t seed) {
         long nchunks = (long)((t->numel + chunk - 1) / chunk);
 #pragma omp parallel for schedule(dynamic, 1)
         for (long ch = 0; ch < nchunks; ch++) {
-            Rng r = rng_make(seed, ((uint64_t)ti << 32) | (uint64_t)ch);
+            Rng r = rng_make(seed, ((uint64_t)t->global_index << 32) | (uint64_t)ch);
             size_t i0 = (size_t)ch * chunk, i1 = i0 + chunk < t->numel ? i0 + chunk : t->numel;
             for (size_t i = i0; i < i1; i++) {
                 double x;
@@ -217,61 +248,73 @@ void t5_model_zero_grad(T5Model *m) {
 }
 
 /* ---------------------------------------------------------------------------------------------
- * Activations: one allocation carved into named buffers, sized for (B, Le, Ld); grows when a
- * larger batch comes. The same carving function counts the bytes for
- * t5_model_activation_bytes. */
+ * Activations. A T5Acts holds what one micro-batch's backward needs: the residual stream at
+ * every sub-layer boundary and, unless recomputing, every block's internals (normed inputs,
+ * q/k/v, attention probabilities, contexts, FFN activations). With recompute only the residual
+ * stream is kept per micro-batch; the internals of the one block being computed live in the
+ * model's T5Scratch and are recomputed from the block's input in backward (the same code on the
+ * same inputs: the gradients are bit-identical). T5Scratch also holds the backward's running
+ * gradients, shared by all micro-batches. Each is one allocation carved into named buffers by a
+ * function that, given no base, only counts (for the memory plan). */
 
-struct T5Activations {
-    int B, Le, Ld, nthreads;
-    size_t cap_floats, cap_ints;
+struct T5Acts {
+    int B, Le, Ld, d, recompute, have_forward;
+    T5StageRange r;
+    float zc;
     float *mem;
     int32_t *imem;
-    float zc;
-    int have_forward;
-    /* inputs (copies) */
-    int32_t *enc_ids, *enc_seg, *dec_ids, *labels, *dec_seg;   /* [N] / [M] */
-    /* encoder, N = B*Le tokens */
-    float *enc_res;     /* [2el+1, N, d] residual stream: 2l = attn input, 2l+1 = ffn input */
-    float *enc_ln;      /* [2el, N, d] normed sub-layer inputs */
-    float *enc_rstd;    /* [2el, N] */
-    float *enc_qkv;     /* [el, N, 3I] */
-    float *enc_att;     /* [el, B, H, Le, Le] probabilities */
-    float *enc_ctx;     /* [el, N, HK] */
-    float *enc_ffu;     /* [el, N, 2f] gated pre-activations (gated only) */
-    float *enc_ffh;     /* [el, N, f] */
-    float *enc_out;     /* [N, d] after the final norm */
-    float *enc_out_rstd;/* [N] */
-    float *enc_bias;    /* [H, 2Le-1] */
-    /* decoder, M = B*Ld tokens */
-    float *dec_res;     /* [3dl+1, M, d]: 3l self, 3l+1 cross, 3l+2 ffn input */
-    float *dec_ln;      /* [3dl, M, d] */
-    float *dec_rstd;    /* [3dl, M] */
-    float *dec_qkv;     /* [dl, M, 3I] */
-    float *dec_att;     /* [dl, B, H, Ld, Ld] */
-    float *dec_ctx;     /* [dl, M, HK] */
-    float *dec_xq;      /* [dl, M, HK] */
-    float *dec_xkv;     /* [dl, N, 2I] */
-    float *dec_xatt;    /* [dl, B, H, Ld, Le] */
-    float *dec_xctx;    /* [dl, M, HK] */
-    float *dec_ffu;     /* [dl, M, 2f] (gated only) */
-    float *dec_ffh;     /* [dl, M, f] */
-    float *dec_out;     /* [M, d] */
-    float *dec_out_rstd;/* [M] */
-    float *dec_bias;    /* [H, 2Ld-1] */
-    float *logits;      /* [M, V]; becomes dlogits in backward */
-    float *logZ;        /* [M] */
-    /* backward scratch */
-    float *d_res;       /* [max(N,M), d] running residual gradient */
-    float *d_ln;        /* [max(N,M), d] */
-    float *d_enc_out;   /* [N, d] */
-    float *d_qkv;       /* [max(N*3I, M*3I)] also cross dkv [N, 2I] */
-    float *d_q;         /* [M, HK] */
-    float *d_ctx;       /* [max(N,M), HK] */
-    float *d_ffh;       /* [max(N,M), f] */
-    float *d_ffu;       /* [max(N,M), 2f] (gated only) */
-    float *d_bias_enc;  /* [B, H, 2Le-1] */
-    float *d_bias_dec;  /* [B, H, 2Ld-1] */
-    float *att_scratch; /* [nthreads, max(Le*Le, Ld*Le)] */
+    int32_t *enc_ids, *enc_seg, *dec_ids, *labels, *dec_seg;   /* [N] / [M] copies */
+    /* encoder, nE = enc_end - enc_begin local blocks, N = B*Le; S = recompute ? 0 : nE slots */
+    float *enc_res;      /* [2nE+1, N, d]: 2l = block l's input, 2l+1 its FFN input, 2nE = output */
+    float *enc_ln;       /* [2S, N, d] */
+    float *enc_rstd;     /* [2S, N] */
+    float *enc_qkv;      /* [S, N, 3HK] */
+    float *enc_att;      /* [S, B, H, Le, Le] probabilities */
+    float *enc_ctx;      /* [S, N, HK] */
+    float *enc_ffu;      /* [S, N, 2f] (gated only) */
+    float *enc_ffh;      /* [S, N, f] */
+    float *enc_out;      /* [N, d] encoder output (computed here, or received) */
+    float *enc_out_rstd; /* [N] */
+    float *enc_bias;     /* [H, 2Le-1] */
+    /* decoder, nD local blocks, M = B*Ld */
+    float *dec_res;      /* [3nD+1, M, d]: 3l self, 3l+1 cross, 3l+2 FFN input, 3nD = output */
+    float *dec_ln;       /* [3S, M, d] */
+    float *dec_rstd;     /* [3S, M] */
+    float *dec_qkv;      /* [S, M, 3HK] */
+    float *dec_att;      /* [S, B, H, Ld, Ld] */
+    float *dec_ctx;      /* [S, M, HK] */
+    float *dec_xq;       /* [S, M, HK] */
+    float *dec_xkv;      /* [S, N, 2HK] */
+    float *dec_xatt;     /* [S, B, H, Ld, Le] */
+    float *dec_xctx;     /* [S, M, HK] */
+    float *dec_ffu;      /* [S, M, 2f] (gated only) */
+    float *dec_ffh;      /* [S, M, f] */
+    float *dec_out;      /* [M, d] (head) */
+    float *dec_out_rstd; /* [M] */
+    float *dec_bias;     /* [H, 2Ld-1] */
+    float *logits;       /* [M, V] (head); becomes dlogits in backward */
+    float *logZ;         /* [M] */
+};
+
+struct T5Scratch {
+    int B, Le, Ld, nthreads;
+    size_t cap;
+    float *mem;
+    float *d_res;        /* [max(N,M), d] running residual gradient */
+    float *d_ln;         /* [max(N,M), d] */
+    float *d_enc_out;    /* [N, d] gradient of the encoder output from this stage's decoder blocks */
+    float *d_qkv;        /* [max(N,M) * 3HK] also cross dkv [N, 2HK] */
+    float *d_q;          /* [M, HK] */
+    float *d_ctx;        /* [max(N,M), HK] */
+    float *d_ffh;        /* [max(N,M), f] */
+    float *d_ffu;        /* [max(N,M), 2f] (gated only) */
+    float *d_bias_enc;   /* [B, H, 2Le-1] */
+    float *d_bias_dec;   /* [B, H, 2Ld-1] */
+    float *att_scratch;  /* [nthreads, max(Le*Le, Ld*Le)] */
+    /* recompute: the internals of the one block being computed (layouts as in T5Acts, 1 slot) */
+    float *ws_enc_ln, *ws_enc_rstd, *ws_enc_qkv, *ws_enc_att, *ws_enc_ctx, *ws_enc_ffu, *ws_enc_ffh;
+    float *ws_dec_ln, *ws_dec_rstd, *ws_dec_qkv, *ws_dec_att, *ws_dec_ctx, *ws_dec_xq, *ws_dec_xkv,
+          *ws_dec_xatt, *ws_dec_xctx, *ws_dec_ffu, *ws_dec_ffh;
 };
 
 static float *bump_(float *base, size_t *off, size_t n) {
@@ -280,102 +323,220 @@ static float *bump_(float *base, size_t *off, size_t n) {
     return p;
 }
 
-/* Carve (or, with base == NULL, only count) the activation floats for (B, Le, Ld). */
-static size_t carve_(T5Activations *a, const T5Config *c, float *base, int B, int Le, int Ld,
-                     int nthreads) {
+/* Which parts of the sequence a range runs. */
+static int has_enc_part_(const T5StageRange *r) { return r->embed || r->enc_end > r->enc_begin || r->enc_norm; }
+static int has_dec_part_(const T5StageRange *r) { return r->dec_end > r->dec_begin || r->head; }
+static int needs_enc_out_(const T5StageRange *r) { return r->enc_norm || r->dec_end > r->dec_begin; }
+
+/* Carve (or, with base == NULL, only count) one activation set. */
+static size_t carve_acts_(T5Acts *a, const T5Config *c, const T5StageRange *r, float *base, int B,
+                          int Le, int Ld, int recompute) {
     size_t d = c->d_model, f = c->d_ff, H = c->n_heads, HK = H * c->d_kv, V = c->vocab_size;
-    size_t el = c->n_enc_layers, dl = c->n_dec_layers;
-    size_t N = (size_t)B * Le, M = (size_t)B * Ld, NM = N > M ? N : M;
+    size_t nE = (size_t)(r->enc_end - r->enc_begin), nD = (size_t)(r->dec_end - r->dec_begin);
+    size_t SE = recompute ? 0 : nE, SD = recompute ? 0 : nD;
+    size_t N = (size_t)B * Le, M = (size_t)B * Ld;
     size_t fu = c->ffn == T5_FFN_GATED_GELU ? 2 * f : 0;
+    int enc = has_enc_part_(r), dec = has_dec_part_(r);
     size_t o = 0;
-    T5Activations t;
+    T5Acts t;
     if (!a) a = &t;
-    a->enc_res = bump_(base, &o, (2 * el + 1) * N * d);
-    a->enc_ln = bump_(base, &o, 2 * el * N * d);
-    a->enc_rstd = bump_(base, &o, 2 * el * N);
-    a->enc_qkv = bump_(base, &o, el * N * 3 * HK);
-    a->enc_att = bump_(base, &o, el * B * H * Le * Le);
-    a->enc_ctx = bump_(base, &o, el * N * HK);
-    a->enc_ffu = bump_(base, &o, el * N * fu);
-    a->enc_ffh = bump_(base, &o, el * N * f);
-    a->enc_out = bump_(base, &o, N * d);
-    a->enc_out_rstd = bump_(base, &o, N);
-    a->enc_bias = bump_(base, &o, H * (2 * Le - 1));
-    a->dec_res = bump_(base, &o, (3 * dl + 1) * M * d);
-    a->dec_ln = bump_(base, &o, 3 * dl * M * d);
-    a->dec_rstd = bump_(base, &o, 3 * dl * M);
-    a->dec_qkv = bump_(base, &o, dl * M * 3 * HK);
-    a->dec_att = bump_(base, &o, dl * B * H * Ld * Ld);
-    a->dec_ctx = bump_(base, &o, dl * M * HK);
-    a->dec_xq = bump_(base, &o, dl * M * HK);
-    a->dec_xkv = bump_(base, &o, dl * N * 2 * HK);
-    a->dec_xatt = bump_(base, &o, dl * B * H * Ld * Le);
-    a->dec_xctx = bump_(base, &o, dl * M * HK);
-    a->dec_ffu = bump_(base, &o, dl * M * fu);
-    a->dec_ffh = bump_(base, &o, dl * M * f);
-    a->dec_out = bump_(base, &o, M * d);
-    a->dec_out_rstd = bump_(base, &o, M);
-    a->dec_bias = bump_(base, &o, H * (2 * Ld - 1));
-    a->logits = bump_(base, &o, M * V);
-    a->logZ = bump_(base, &o, M);
-    a->d_res = bump_(base, &o, NM * d);
-    a->d_ln = bump_(base, &o, NM * d);
-    a->d_enc_out = bump_(base, &o, N * d);
-    a->d_qkv = bump_(base, &o, NM * 3 * HK);
-    a->d_q = bump_(base, &o, M * HK);
-    a->d_ctx = bump_(base, &o, NM * HK);
-    a->d_ffh = bump_(base, &o, NM * f);
-    a->d_ffu = bump_(base, &o, NM * fu);
-    a->d_bias_enc = bump_(base, &o, (size_t)B * H * (2 * Le - 1));
-    a->d_bias_dec = bump_(base, &o, (size_t)B * H * (2 * Ld - 1));
-    size_t LL = (size_t)Le * Le > (size_t)Ld * Le ? (size_t)Le * Le : (size_t)Ld * Le;
-    a->att_scratch = bump_(base, &o, (size_t)nthreads * LL);
+    a->enc_res = bump_(base, &o, enc ? (2 * nE + 1) * N * d : 0);
+    a->enc_ln = bump_(base, &o, 2 * SE * N * d);
+    a->enc_rstd = bump_(base, &o, 2 * SE * N);
+    a->enc_qkv = bump_(base, &o, SE * N * 3 * HK);
+    a->enc_att = bump_(base, &o, SE * B * H * Le * Le);
+    a->enc_ctx = bump_(base, &o, SE * N * HK);
+    a->enc_ffu = bump_(base, &o, SE * N * fu);
+    a->enc_ffh = bump_(base, &o, SE * N * f);
+    a->enc_out = bump_(base, &o, needs_enc_out_(r) ? N * d : 0);
+    a->enc_out_rstd = bump_(base, &o, r->enc_norm ? N : 0);
+    a->enc_bias = bump_(base, &o, nE ? H * (2 * Le - 1) : 0);
+    a->dec_res = bump_(base, &o, dec ? (3 * nD + 1) * M * d : 0);
+    a->dec_ln = bump_(base, &o, 3 * SD * M * d);
+    a->dec_rstd = bump_(base, &o, 3 * SD * M);
+    a->dec_qkv = bump_(base, &o, SD * M * 3 * HK);
+    a->dec_att = bump_(base, &o, SD * B * H * Ld * Ld);
+    a->dec_ctx = bump_(base, &o, SD * M * HK);
+    a->dec_xq = bump_(base, &o, SD * M * HK);
+    a->dec_xkv = bump_(base, &o, SD * N * 2 * HK);
+    a->dec_xatt = bump_(base, &o, SD * B * H * Ld * Le);
+    a->dec_xctx = bump_(base, &o, SD * M * HK);
+    a->dec_ffu = bump_(base, &o, SD * M * fu);
+    a->dec_ffh = bump_(base, &o, SD * M * f);
+    a->dec_out = bump_(base, &o, r->head ? M * d : 0);
+    a->dec_out_rstd = bump_(base, &o, r->head ? M : 0);
+    a->dec_bias = bump_(base, &o, nD ? H * (2 * Ld - 1) : 0);
+    a->logits = bump_(base, &o, r->head ? M * V : 0);
+    a->logZ = bump_(base, &o, r->head ? M : 0);
     return o;
 }
 
-size_t t5_model_activation_bytes(const T5Config *cfg, int B, int Le, int Ld) {
-    size_t floats = carve_(NULL, cfg, NULL, B, Le, Ld, omp_get_max_threads());
-    size_t ints = 2 * (size_t)B * Le + 3 * (size_t)B * Ld;   /* as acts_prepare_ */
-    return floats * sizeof(float) + ints * sizeof(int32_t);
+static size_t carve_scratch_(T5Scratch *s, const T5Config *c, const T5StageRange *r, float *base,
+                             int B, int Le, int Ld, int recompute, int nthreads) {
+    size_t d = c->d_model, f = c->d_ff, H = c->n_heads, HK = H * c->d_kv;
+    size_t N = (size_t)B * Le, M = (size_t)B * Ld, NM = N > M ? N : M;
+    size_t fu = c->ffn == T5_FFN_GATED_GELU ? 2 * f : 0;
+    size_t RE = recompute && r->enc_end > r->enc_begin, RD = recompute && r->dec_end > r->dec_begin;
+    size_t o = 0;
+    T5Scratch t;
+    if (!s) s = &t;
+    s->d_res = bump_(base, &o, NM * d);
+    s->d_ln = bump_(base, &o, NM * d);
+    s->d_enc_out = bump_(base, &o, needs_enc_out_(r) ? N * d : 0);
+    s->d_qkv = bump_(base, &o, NM * 3 * HK);
+    s->d_q = bump_(base, &o, M * HK);
+    s->d_ctx = bump_(base, &o, NM * HK);
+    s->d_ffh = bump_(base, &o, NM * f);
+    s->d_ffu = bump_(base, &o, NM * fu);
+    s->d_bias_enc = bump_(base, &o, (size_t)B * H * (2 * Le - 1));
+    s->d_bias_dec = bump_(base, &o, (size_t)B * H * (2 * Ld - 1));
+    size_t LL = (size_t)Le * Le > (size_t)Ld * Le ? (size_t)Le * Le : (size_t)Ld * Le;
+    s->att_scratch = bump_(base, &o, (size_t)nthreads * LL);
+    s->ws_enc_ln = bump_(base, &o, RE * 2 * N * d);
+    s->ws_enc_rstd = bump_(base, &o, RE * 2 * N);
+    s->ws_enc_qkv = bump_(base, &o, RE * N * 3 * HK);
+    s->ws_enc_att = bump_(base, &o, RE * B * H * Le * Le);
+    s->ws_enc_ctx = bump_(base, &o, RE * N * HK);
+    s->ws_enc_ffu = bump_(base, &o, RE * N * fu);
+    s->ws_enc_ffh = bump_(base, &o, RE * N * f);
+    s->ws_dec_ln = bump_(base, &o, RD * 3 * M * d);
+    s->ws_dec_rstd = bump_(base, &o, RD * 3 * M);
+    s->ws_dec_qkv = bump_(base, &o, RD * M * 3 * HK);
+    s->ws_dec_att = bump_(base, &o, RD * B * H * Ld * Ld);
+    s->ws_dec_ctx = bump_(base, &o, RD * M * HK);
+    s->ws_dec_xq = bump_(base, &o, RD * M * HK);
+    s->ws_dec_xkv = bump_(base, &o, RD * N * 2 * HK);
+    s->ws_dec_xatt = bump_(base, &o, RD * B * H * Ld * Le);
+    s->ws_dec_xctx = bump_(base, &o, RD * M * HK);
+    s->ws_dec_ffu = bump_(base, &o, RD * M * fu);
+    s->ws_dec_ffh = bump_(base, &o, RD * M * f);
+    return o;
 }
 
-static void acts_prepare_(T5Model *m, int B, int Le, int Ld) {
-    T5Activations *a = m->acts;
-    if (!a) { a = m->acts = xcalloc(1, sizeof *a); }
-    int nt = omp_get_max_threads();
-    size_t need = carve_(NULL, &m->cfg, NULL, B, Le, Ld, nt);
-    if (need > a->cap_floats) {
-        free(a->mem);
-        a->mem = xmalloc_aligned(need * sizeof(float));
-        a->cap_floats = need;
-    }
-    size_t ni = 2 * (size_t)B * Le + 3 * (size_t)B * Ld;
-    if (ni > a->cap_ints) {
-        free(a->imem);
-        a->imem = xmalloc(ni * sizeof(int32_t));
-        a->cap_ints = ni;
-    }
-    carve_(a, &m->cfg, a->mem, B, Le, Ld, nt);
-    a->B = B; a->Le = Le; a->Ld = Ld; a->nthreads = nt;
+static size_t acts_ints_(int B, int Le, int Ld) { return 2 * (size_t)B * Le + 3 * (size_t)B * Ld; }
+
+size_t t5_acts_bytes(const T5Config *cfg, const T5StageRange *r, int B, int Le, int Ld, int recompute) {
+    return carve_acts_(NULL, cfg, r, NULL, B, Le, Ld, recompute) * sizeof(float) +
+           acts_ints_(B, Le, Ld) * sizeof(int32_t);
+}
+
+size_t t5_scratch_bytes(const T5Config *cfg, const T5StageRange *r, int B, int Le, int Ld, int recompute) {
+    return carve_scratch_(NULL, cfg, r, NULL, B, Le, Ld, recompute, omp_get_max_threads()) * sizeof(float);
+}
+
+size_t t5_model_activation_bytes(const T5Config *cfg, int B, int Le, int Ld) {
+    T5StageRange r;
+    t5_stage_range_full(cfg, &r);
+    return t5_acts_bytes(cfg, &r, B, Le, Ld, 0) + t5_scratch_bytes(cfg, &r, B, Le, Ld, 0);
+}
+
+T5Acts *t5_acts_new(const T5Model *m, int B, int Le, int Ld) {
+    T5Acts *a = xcalloc(1, sizeof *a);
+    a->B = B; a->Le = Le; a->Ld = Ld; a->d = m->cfg.d_model;
+    a->recompute = m->recompute;
+    a->r = m->range;
+    size_t n = carve_acts_(NULL, &m->cfg, &m->range, NULL, B, Le, Ld, a->recompute);
+    a->mem = xmalloc_aligned((n ? n : 1) * sizeof(float));
+    carve_acts_(a, &m->cfg, &m->range, a->mem, B, Le, Ld, a->recompute);
+    a->imem = xmalloc(acts_ints_(B, Le, Ld) * sizeof(int32_t));
     size_t N = (size_t)B * Le, M = (size_t)B * Ld;
     a->enc_ids = a->imem;
     a->enc_seg = a->enc_ids + N;
     a->dec_ids = a->enc_seg + N;
     a->labels = a->dec_ids + M;
     a->dec_seg = a->labels + M;
+    return a;
+}
+
+void t5_acts_free(T5Acts *a) {
+    if (!a) return;
+    free(a->mem);
+    free(a->imem);
+    free(a);
+}
+
+/* The model's scratch, grown to (B, Le, Ld) when needed. */
+static T5Scratch *scratch_for_(T5Model *m, int B, int Le, int Ld) {
+    T5Scratch *s = m->scratch;
+    int nt = omp_get_max_threads();
+    if (s && s->B >= B && s->Le == Le && s->Ld == Ld && s->nthreads == nt) return s;
+    if (!s) s = m->scratch = xcalloc(1, sizeof *s);
+    size_t need = carve_scratch_(NULL, &m->cfg, &m->range, NULL, B, Le, Ld, m->recompute, nt);
+    if (need > s->cap) {
+        free(s->mem);
+        s->mem = xmalloc_aligned(need * sizeof(float));
+        s->cap = need;
+    }
+    carve_scratch_(s, &m->cfg, &m->range, s->mem, B, Le, Ld, m->recompute, nt);
+    s->B = B; s->Le = Le; s->Ld = Ld; s->nthreads = nt;
+    return s;
 }
 
 void t5_model_free(T5Model *m) {
-    if (m->acts) { free(m->acts->mem); free(m->acts->imem); free(m->acts); }
+    t5_acts_free(m->acts);
+    if (m->scratch) { free(m->scratch->mem); free(m->scratch); }
     free(m->params);
     free(m->grads);
     free(m->tensors);
     memset(m, 0, sizeof *m);
 }
 
+/* Pointers to local encoder block l's activations (the shared workspace when recomputing). */
+typedef struct { float *x0, *x1, *x2, *ln0, *ln1, *r0, *r1, *qkv, *att, *ctx, *ffu, *ffh; } EncBlockActs;
+typedef struct {
+    float *x0, *x1, *x2, *x3, *ln0, *ln1, *ln2, *r0, *r1, *r2, *qkv, *att, *ctx, *xq, *xkv, *xatt,
+          *xctx, *ffu, *ffh;
+} DecBlockActs;
+
+static void enc_block_acts_(const T5Acts *a, const T5Scratch *s, const T5Config *c, int l, EncBlockActs *e) {
+    size_t d = c->d_model, H = c->n_heads, HK = H * c->d_kv, f = c->d_ff, B = a->B, Le = a->Le;
+    size_t N = B * Le, fu = c->ffn == T5_FFN_GATED_GELU ? 2 * f : 0;
+    size_t k = a->recompute ? 0 : (size_t)l;
+    e->x0 = a->enc_res + (size_t)(2 * l) * N * d;
+    e->x1 = e->x0 + N * d;
+    e->x2 = e->x1 + N * d;
+    float *ln = a->recompute ? s->ws_enc_ln : a->enc_ln, *rs = a->recompute ? s->ws_enc_rstd : a->enc_rstd;
+    e->ln0 = ln + 2 * k * N * d;
+    e->ln1 = e->ln0 + N * d;
+    e->r0 = rs + 2 * k * N;
+    e->r1 = e->r0 + N;
+    e->qkv = (a->recompute ? s->ws_enc_qkv : a->enc_qkv) + k * N * 3 * HK;
+    e->att = (a->recompute ? s->ws_enc_att : a->enc_att) + k * B * H * Le * Le;
+    e->ctx = (a->recompute ? s->ws_enc_ctx : a->enc_ctx) + k * N * HK;
+    e->ffu = (a->recompute ? s->ws_enc_ffu : a->enc_ffu) + k * N * fu;
+    e->ffh = (a->recompute ? s->ws_enc_ffh : a->enc_ffh) + k * N * f;
+}
+
+static void dec_block_acts_(const T5Acts *a, const T5Scratch *s, const T5Config *c, int l, DecBlockActs *e) {
+    size_t d = c->d_model, H = c->n_heads, HK = H * c->d_kv, f = c->d_ff, B = a->B, Le = a->Le, Ld = a->Ld;
+    size_t N = B * Le, M = B * Ld, fu = c->ffn == T5_FFN_GATED_GELU ? 2 * f : 0;
+    size_t k = a->recompute ? 0 : (size_t)l;
+    int rc = a->recompute;
+    e->x0 = a->dec_res + (size_t)(3 * l) * M * d;
+    e->x1 = e->x0 + M * d;
+    e->x2 = e->x1 + M * d;
+    e->x3 = e->x2 + M * d;
+    float *ln = rc ? s->ws_dec_ln : a->dec_ln, *rs = rc ? s->ws_dec_rstd : a->dec_rstd;
+    e->ln0 = ln + 3 * k * M * d;
+    e->ln1 = e->ln0 + M * d;
+    e->ln2 = e->ln1 + M * d;
+    e->r0 = rs + 3 * k * M;
+    e->r1 = e->r0 + M;
+    e->r2 = e->r1 + M;
+    e->qkv = (rc ? s->ws_dec_qkv : a->dec_qkv) + k * M * 3 * HK;
+    e->att = (rc ? s->ws_dec_att : a->dec_att) + k * B * H * Ld * Ld;
+    e->ctx = (rc ? s->ws_dec_ctx : a->dec_ctx) + k * M * HK;
+    e->xq = (rc ? s->ws_dec_xq : a->dec_xq) + k * M * HK;
+    e->xkv = (rc ? s->ws_dec_xkv : a->dec_xkv) + k * N * 2 * HK;
+    e->xatt = (rc ? s->ws_dec_xatt : a->dec_xatt) + k * B * H * Ld * Le;
+    e->xctx = (rc ? s->ws_dec_xctx : a->dec_xctx) + k * M * HK;
+    e->ffu = (rc ? s->ws_dec_ffu : a->dec_ffu) + k * M * fu;
+    e->ffh = (rc ? s->ws_dec_ffh : a->dec_ffh) + k * M * f;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * The two pre-norm sub-layers both stacks share, forward next to backward. T = B*L tokens of one
- * stack; the backward takes a->d_res = dL/d(sub-layer output) and leaves dL/d(sub-layer input)
+ * stack; the backward takes s->d_res = dL/d(sub-layer output) and leaves dL/d(sub-layer input)
  * there (the residual path plus the rmsnorm input gradient); weight gradients go to gw (+=). */
 
 /* Self-attention: x1[T,d] = x0 + Attn(ln = rmsnorm(x0)) . o^T, keeping ln[T,d], rstd[T],
@@ -393,17 +554,17 @@ static void self_attn_forward_(const T5Config *c, const LayerW *w, float *x1, co
 }
 
 /* dbias[B,H,2L-1] += the relative-bias gradient of this layer. */
-static void self_attn_backward_(T5Activations *a, const T5Config *c, const LayerW *w,
+static void self_attn_backward_(T5Scratch *s, const T5Config *c, const LayerW *w,
                                 const LayerW *gw, const float *x0, const float *ln,
                                 const float *rstd, const float *qkv, const float *att,
                                 const float *ctx, float *dbias, int B, int L) {
     int d = c->d_model, H = c->n_heads, K = c->d_kv, HK = H * K, T = B * L;
-    t5_matmul_backward(a->d_ctx, 0.0f, gw->o, a->d_res, ctx, w->o, T, HK, d, 1.0f);
-    t5_attention_backward(a->d_qkv, 3 * HK, a->d_qkv + HK, 3 * HK, a->d_qkv + 2 * HK, 3 * HK, dbias,
-                        a->d_ctx, HK, att, qkv, 3 * HK, qkv + HK, 3 * HK, qkv + 2 * HK, 3 * HK, B,
-                        L, L, H, K, a->att_scratch, a->nthreads);
-    t5_matmul_backward(a->d_ln, 0.0f, gw->qkv, a->d_qkv, ln, w->qkv, T, d, 3 * HK, 1.0f);
-    t5_rmsnorm_backward(a->d_res, gw->ln_sa, a->d_ln, x0, w->ln_sa, rstd, T, d);
+    t5_matmul_backward(s->d_ctx, 0.0f, gw->o, s->d_res, ctx, w->o, T, HK, d, 1.0f);
+    t5_attention_backward(s->d_qkv, 3 * HK, s->d_qkv + HK, 3 * HK, s->d_qkv + 2 * HK, 3 * HK, dbias,
+                          s->d_ctx, HK, att, qkv, 3 * HK, qkv + HK, 3 * HK, qkv + 2 * HK, 3 * HK, B,
+                          L, L, H, K, s->att_scratch, s->nthreads);
+    t5_matmul_backward(s->d_ln, 0.0f, gw->qkv, s->d_qkv, ln, w->qkv, T, d, 3 * HK, 1.0f);
+    t5_rmsnorm_backward(s->d_res, gw->ln_sa, s->d_ln, x0, w->ln_sa, rstd, T, d);
 }
 
 /* Feed-forward: x1[T,d] = x0 + FFN(ln = rmsnorm(x0)), keeping ln, rstd, ffu (gated only), ffh. */
@@ -415,201 +576,290 @@ static void ffn_sublayer_forward_(const T5Config *c, const LayerW *w, float *x1,
     t5_ffn_forward(x1, ffu, ffh, ln, w->wi, w->wo, T, d, c->d_ff, c->ffn);
 }
 
-static void ffn_sublayer_backward_(T5Activations *a, const T5Config *c, const LayerW *w,
+static void ffn_sublayer_backward_(T5Scratch *s, const T5Config *c, const LayerW *w,
                                    const LayerW *gw, const float *x0, const float *ln,
                                    const float *rstd, const float *ffu, const float *ffh, int T) {
     int d = c->d_model;
-    t5_ffn_backward(a->d_ln, gw->wi, gw->wo, a->d_ffh, a->d_ffu, a->d_res, ffu, ffh, ln, w->wi,
+    t5_ffn_backward(s->d_ln, gw->wi, gw->wo, s->d_ffh, s->d_ffu, s->d_res, ffu, ffh, ln, w->wi,
                     w->wo, T, d, c->d_ff, c->ffn);
-    t5_rmsnorm_backward(a->d_res, gw->ln_ff, a->d_ln, x0, w->ln_ff, rstd, T, d);
+    t5_rmsnorm_backward(s->d_res, gw->ln_ff, s->d_ln, x0, w->ln_ff, rstd, T, d);
+}
+
+/* One encoder block forward: bidirectional self-attention, then feed-forward. */
+static void enc_block_forward_(const T5Model *m, const T5Acts *a, const EncBlockActs *e, const LayerW *w) {
+    const T5Config *c = &m->cfg;
+    int N = a->B * a->Le;
+    self_attn_forward_(c, w, e->x1, e->x0, e->ln0, e->r0, e->qkv, e->att, e->ctx, a->enc_bias,
+                       a->enc_seg, 0, a->B, a->Le);
+    ffn_sublayer_forward_(c, w, e->x2, e->x1, e->ln1, e->r1, e->ffu, e->ffh, N);
+}
+
+/* One decoder block forward: causal self-attention, cross-attention on enc_out, feed-forward. */
+static void dec_block_forward_(const T5Model *m, const T5Acts *a, const DecBlockActs *e, const LayerW *w) {
+    const T5Config *c = &m->cfg;
+    int B = a->B, Le = a->Le, Ld = a->Ld, d = c->d_model, H = c->n_heads, K = c->d_kv, HK = H * K;
+    int N = B * Le, M = B * Ld;
+    self_attn_forward_(c, w, e->x1, e->x0, e->ln0, e->r0, e->qkv, e->att, e->ctx, a->dec_bias,
+                       a->dec_seg, 1, B, Ld);
+    /* cross-attention on the encoder output, no position bias */
+    t5_rmsnorm_forward(e->ln1, e->r1, e->x1, w->ln_ca, M, d, c->layer_norm_eps);
+    t5_matmul_forward(e->xq, e->ln1, w->xq, M, d, HK, 1.0f, 0.0f);
+    t5_matmul_forward(e->xkv, a->enc_out, w->xkv, N, d, 2 * HK, 1.0f, 0.0f);
+    t5_attention_forward(e->xctx, HK, e->xatt, e->xq, HK, e->xkv, 2 * HK, e->xkv + HK, 2 * HK, NULL,
+                         a->dec_seg, a->enc_seg, 0, B, Ld, Le, H, K);
+    memcpy(e->x2, e->x1, (size_t)M * d * sizeof(float));
+    t5_matmul_forward(e->x2, e->xctx, w->xo, M, HK, d, 1.0f, 1.0f);
+    ffn_sublayer_forward_(c, w, e->x3, e->x2, e->ln2, e->r2, e->ffu, e->ffh, M);
 }
 
 /* ---------------------------------------------------------------------------------------------
- * Model forward. */
+ * Stage forward. */
 
 static float *head_weight_(const T5Model *m, float *base) {
     return tensor_ptr_(m, base, m->cfg.tied_embedding ? "shared.weight" : "lm_head.weight");
 }
+static float *enc_bias_table_(const T5Model *m, float *base) {
+    return tensor_ptr_(m, base, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight");
+}
+static float *dec_bias_table_(const T5Model *m, float *base) {
+    return tensor_ptr_(m, base, "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight");
+}
 
-void t5_model_forward(T5Model *m, const T5Batch *b, float z_loss_coef, T5LossStats *out) {
+const float *t5_acts_enc_x_out(const T5Acts *a) {
+    if (!has_enc_part_(&a->r) || a->r.enc_norm) return NULL;
+    size_t N = (size_t)a->B * a->Le, nE = (size_t)(a->r.enc_end - a->r.enc_begin);
+    return a->enc_res + 2 * nE * N * (size_t)a->d;
+}
+
+const float *t5_acts_enc_out(const T5Acts *a) { return a->r.enc_norm ? a->enc_out : NULL; }
+
+const float *t5_acts_dec_x_out(const T5Acts *a) {
+    if (!has_dec_part_(&a->r) || a->r.head) return NULL;
+    size_t M = (size_t)a->B * a->Ld, nD = (size_t)(a->r.dec_end - a->r.dec_begin);
+    return a->dec_res + 3 * nD * M * (size_t)a->d;
+}
+
+void t5_stage_forward(T5Model *m, T5Acts *a, const T5Batch *b, const T5StageIn *in, float z_loss_coef,
+                      T5LossStats *out) {
     const T5Config *c = &m->cfg;
+    const T5StageRange *r = &m->range;
     int B = b->B, Le = b->Le, Ld = b->Ld;
-    if (B < 1 || Le < 1 || Ld < 1)
-        FATAL("the batch must have B, Le, Ld >= 1", "t5_model_forward: bad batch %dx%d/%d", B, Le, Ld);
-    acts_prepare_(m, B, Le, Ld);
-    T5Activations *a = m->acts;
-    int d = c->d_model, f = c->d_ff, H = c->n_heads, K = c->d_kv, HK = H * K, V = c->vocab_size;
-    int el = c->n_enc_layers, dl = c->n_dec_layers;
+    if (B != a->B || Le != a->Le || Ld != a->Ld)
+        FATAL("this is a bug: use an activation set made for the batch", "t5_stage_forward: batch %dx%d/%d, "
+              "activations %dx%d/%d", B, Le, Ld, a->B, a->Le, a->Ld);
+    int d = c->d_model, V = c->vocab_size, nE = r->enc_end - r->enc_begin, nD = r->dec_end - r->dec_begin;
     size_t N = (size_t)B * Le, M = (size_t)B * Ld;
     float eps = c->layer_norm_eps;
-    T5FfnKind kind = c->ffn;
-    size_t fu = kind == T5_FFN_GATED_GELU ? 2 * (size_t)f : 0;
     memcpy(a->enc_ids, b->enc_ids, N * sizeof(int32_t));
     memcpy(a->enc_seg, b->enc_seg, N * sizeof(int32_t));
     memcpy(a->dec_ids, b->dec_in_ids, M * sizeof(int32_t));
     memcpy(a->labels, b->labels, M * sizeof(int32_t));
     memcpy(a->dec_seg, b->dec_seg, M * sizeof(int32_t));
     a->zc = z_loss_coef;
+    T5Scratch *s = scratch_for_(m, B, Le, Ld);
     float *P = m->params;
-    float *E = tensor_ptr_(m, P, "shared.weight");
-
-    /* encoder */
-    t5_relbias_forward(a->enc_bias,
-        tensor_ptr_(m, P, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
-        Le, Le, H, 1, c->num_buckets, c->max_distance);
-    t5_embedding_forward(a->enc_res, a->enc_ids, E, (int)N, d);
-    for (int l = 0; l < el; l++) {
-        LayerW w;
-        layer_ptrs_(m, P, 0, l, &w);
-        float *x0 = a->enc_res + (size_t)(2 * l) * N * d, *x1 = x0 + N * d, *x2 = x1 + N * d;
-        float *ln0 = a->enc_ln + (size_t)(2 * l) * N * d, *ln1 = ln0 + N * d;
-        float *r0 = a->enc_rstd + (size_t)(2 * l) * N, *r1 = r0 + N;
-        float *qkv = a->enc_qkv + (size_t)l * N * 3 * HK, *ctx = a->enc_ctx + (size_t)l * N * HK;
-        float *att = a->enc_att + (size_t)l * B * H * Le * Le;
-        /* bidirectional self-attention, then feed-forward */
-        self_attn_forward_(c, &w, x1, x0, ln0, r0, qkv, att, ctx, a->enc_bias, a->enc_seg, 0, B, Le);
-        ffn_sublayer_forward_(c, &w, x2, x1, ln1, r1, a->enc_ffu + (size_t)l * N * fu,
-                              a->enc_ffh + (size_t)l * N * f, (int)N);
-    }
-    t5_rmsnorm_forward(a->enc_out, a->enc_out_rstd, a->enc_res + (size_t)(2 * el) * N * d,
-                       tensor_ptr_(m, P, "encoder.final_layer_norm.weight"), (int)N, d, eps);
-
-    /* decoder */
-    t5_relbias_forward(a->dec_bias,
-        tensor_ptr_(m, P, "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
-        Ld, Ld, H, 0, c->num_buckets, c->max_distance);
-    t5_embedding_forward(a->dec_res, a->dec_ids, E, (int)M, d);
-    for (int l = 0; l < dl; l++) {
-        LayerW w;
-        layer_ptrs_(m, P, 1, l, &w);
-        float *x0 = a->dec_res + (size_t)(3 * l) * M * d, *x1 = x0 + M * d, *x2 = x1 + M * d,
-              *x3 = x2 + M * d;
-        float *ln0 = a->dec_ln + (size_t)(3 * l) * M * d, *ln1 = ln0 + M * d, *ln2 = ln1 + M * d;
-        float *r0 = a->dec_rstd + (size_t)(3 * l) * M, *r1 = r0 + M, *r2 = r1 + M;
-        float *qkv = a->dec_qkv + (size_t)l * M * 3 * HK, *ctx = a->dec_ctx + (size_t)l * M * HK;
-        float *att = a->dec_att + (size_t)l * B * H * Ld * Ld;
-        float *xq = a->dec_xq + (size_t)l * M * HK, *xkv = a->dec_xkv + (size_t)l * N * 2 * HK;
-        float *xatt = a->dec_xatt + (size_t)l * B * H * Ld * Le;
-        float *xctx = a->dec_xctx + (size_t)l * M * HK;
-        /* causal self-attention */
-        self_attn_forward_(c, &w, x1, x0, ln0, r0, qkv, att, ctx, a->dec_bias, a->dec_seg, 1, B, Ld);
-        /* cross-attention on the encoder output, no position bias */
-        t5_rmsnorm_forward(ln1, r1, x1, w.ln_ca, (int)M, d, eps);
-        t5_matmul_forward(xq, ln1, w.xq, (int)M, d, HK, 1.0f, 0.0f);
-        t5_matmul_forward(xkv, a->enc_out, w.xkv, (int)N, d, 2 * HK, 1.0f, 0.0f);
-        t5_attention_forward(xctx, HK, xatt, xq, HK, xkv, 2 * HK, xkv + HK, 2 * HK, NULL, a->dec_seg,
-                             a->enc_seg, 0, B, Ld, Le, H, K);
-        memcpy(x2, x1, M * d * sizeof(float));
-        t5_matmul_forward(x2, xctx, w.xo, (int)M, HK, d, 1.0f, 1.0f);
-        /* feed-forward */
-        ffn_sublayer_forward_(c, &w, x3, x2, ln2, r2, a->dec_ffu + (size_t)l * M * fu,
-                              a->dec_ffh + (size_t)l * M * f, (int)M);
-    }
-    t5_rmsnorm_forward(a->dec_out, a->dec_out_rstd, a->dec_res + (size_t)(3 * dl) * M * d,
-                       tensor_ptr_(m, P, "decoder.final_layer_norm.weight"), (int)M, d, eps);
-
-    /* output head: logits[M,V] = (dec_out * d^-0.5) E^T (tied) or dec_out lm_head^T */
-    float alpha = c->tied_embedding ? 1.0f / sqrtf((float)d) : 1.0f;
-    t5_matmul_forward(a->logits, a->dec_out, head_weight_(m, P), (int)M, d, V, alpha, 0.0f);
     out->ce_sum = 0.0; out->z_sum = 0.0; out->tokens = 0;
-    t5_xent_forward(out, a->logZ, a->logits, a->labels, (int)M, V);
+
+    if (has_enc_part_(r)) {
+        if (nE) t5_relbias_forward(a->enc_bias, enc_bias_table_(m, P), Le, Le, c->n_heads, 1,
+                                   c->num_buckets, c->max_distance);
+        if (r->embed) t5_embedding_forward(a->enc_res, a->enc_ids, tensor_ptr_(m, P, "shared.weight"), (int)N, d);
+        else memcpy(a->enc_res, in->enc_x, N * d * sizeof(float));
+        for (int l = 0; l < nE; l++) {
+            LayerW w;
+            EncBlockActs e;
+            layer_ptrs_(m, P, 0, r->enc_begin + l, &w);
+            enc_block_acts_(a, s, c, l, &e);
+            enc_block_forward_(m, a, &e, &w);
+        }
+        if (r->enc_norm)
+            t5_rmsnorm_forward(a->enc_out, a->enc_out_rstd, a->enc_res + (size_t)(2 * nE) * N * d,
+                               tensor_ptr_(m, P, "encoder.final_layer_norm.weight"), (int)N, d, eps);
+    }
+    if (nD && !r->enc_norm) memcpy(a->enc_out, in->enc_out, N * d * sizeof(float));
+    if (has_dec_part_(r)) {
+        if (nD) t5_relbias_forward(a->dec_bias, dec_bias_table_(m, P), Ld, Ld, c->n_heads, 0,
+                                   c->num_buckets, c->max_distance);
+        if (r->dec_begin == 0 && nD) t5_embedding_forward(a->dec_res, a->dec_ids, tensor_ptr_(m, P, "shared.weight"), (int)M, d);
+        else memcpy(a->dec_res, in->dec_x, M * d * sizeof(float));
+        for (int l = 0; l < nD; l++) {
+            LayerW w;
+            DecBlockActs e;
+            layer_ptrs_(m, P, 1, r->dec_begin + l, &w);
+            dec_block_acts_(a, s, c, l, &e);
+            dec_block_forward_(m, a, &e, &w);
+        }
+        if (r->head) {
+            t5_rmsnorm_forward(a->dec_out, a->dec_out_rstd, a->dec_res + (size_t)(3 * nD) * M * d,
+                               tensor_ptr_(m, P, "decoder.final_layer_norm.weight"), (int)M, d, eps);
+            /* logits[M,V] = (dec_out * d^-0.5) E^T (tied) or dec_out lm_head^T */
+            float alpha = c->tied_embedding ? 1.0f / sqrtf((float)d) : 1.0f;
+            t5_matmul_forward(a->logits, a->dec_out, head_weight_(m, P), (int)M, d, V, alpha, 0.0f);
+            t5_xent_forward(out, a->logZ, a->logits, a->labels, (int)M, V);
+        }
+    }
     a->have_forward = 1;
 }
 
 /* ---------------------------------------------------------------------------------------------
- * Model backward: the forward in reverse. d_res carries the gradient of the residual stream;
- * each rmsnorm backward adds its input gradient into it. */
+ * Stage backward: the forward in reverse. s->d_res carries the gradient of the residual stream;
+ * each rmsnorm backward adds its input gradient into it. The ready callback hears of each
+ * tensor as soon as its gradient is final (the data-parallel reduction starts it then). */
 
+static void ready_prefix_(const T5Model *m, const T5StageGrad *g, const char *prefix) {
+    if (!g || !g->ready) return;
+    size_t n = strlen(prefix);
+    for (int i = 0; i < m->num_tensors; i++) {
+        const char *nm = m->tensors[i].name;
+        if (strncmp(nm, prefix, n) == 0 && !strstr(nm, "relative_attention_bias")) g->ready(g->ready_ctx, i);
+    }
+}
 
-void t5_model_backward(T5Model *m, float loss_scale) {
-    T5Activations *a = m->acts;
+static void ready_name_(const T5Model *m, const T5StageGrad *g, const char *name) {
+    if (!g || !g->ready) return;
+    int i = t5_model_find_tensor(m, name);
+    if (i >= 0) g->ready(g->ready_ctx, i);
+}
+
+void t5_stage_backward(T5Model *m, T5Acts *a, T5StageGrad *g, float loss_scale) {
     if (!a || !a->have_forward)
-        FATAL("call t5_model_forward before t5_model_backward", "t5_model_backward: no forward");
+        FATAL("call the forward before the backward", "t5_stage_backward: no forward");
     const T5Config *c = &m->cfg;
+    const T5StageRange *r = &m->range;
     int B = a->B, Le = a->Le, Ld = a->Ld;
-    int d = c->d_model, f = c->d_ff, H = c->n_heads, K = c->d_kv, HK = H * K, V = c->vocab_size;
-    int el = c->n_enc_layers, dl = c->n_dec_layers;
+    int d = c->d_model, H = c->n_heads, K = c->d_kv, HK = H * K, V = c->vocab_size;
+    int nE = r->enc_end - r->enc_begin, nD = r->dec_end - r->dec_begin;
     size_t N = (size_t)B * Le, M = (size_t)B * Ld;
-    T5FfnKind kind = c->ffn;
-    size_t fu = kind == T5_FFN_GATED_GELU ? 2 * (size_t)f : 0;
+    T5Scratch *s = scratch_for_(m, B, Le, Ld);
     float *P = m->params, *G = m->grads;
-    float *dE = tensor_ptr_(m, G, "shared.weight");
+    char prefix[64];
 
-    /* loss and head */
-    t5_xent_backward(a->logits, a->logZ, a->labels, (int)M, V, a->zc, loss_scale);
-    float alpha = c->tied_embedding ? 1.0f / sqrtf((float)d) : 1.0f;
-    t5_matmul_backward(a->d_ln, 0.0f, head_weight_(m, G), a->logits, a->dec_out,
-                       head_weight_(m, P), (int)M, d, V, alpha);
-    memset(a->d_res, 0, M * d * sizeof(float));
-    t5_rmsnorm_backward(a->d_res, tensor_ptr_(m, G, "decoder.final_layer_norm.weight"), a->d_ln,
-                        a->dec_res + (size_t)(3 * dl) * M * d,
-                        tensor_ptr_(m, P, "decoder.final_layer_norm.weight"), a->dec_out_rstd,
-                        (int)M, d);
-
-    /* decoder layers, last to first */
-    memset(a->d_enc_out, 0, N * d * sizeof(float));
-    memset(a->d_bias_dec, 0, (size_t)B * H * (2 * Ld - 1) * sizeof(float));
-    for (int l = dl - 1; l >= 0; l--) {
-        LayerW w, gw;
-        layer_ptrs_(m, P, 1, l, &w);
-        layer_ptrs_(m, G, 1, l, &gw);
-        float *x0 = a->dec_res + (size_t)(3 * l) * M * d, *x1 = x0 + M * d, *x2 = x1 + M * d;
-        float *ln0 = a->dec_ln + (size_t)(3 * l) * M * d, *ln1 = ln0 + M * d, *ln2 = ln1 + M * d;
-        float *r0 = a->dec_rstd + (size_t)(3 * l) * M, *r1 = r0 + M, *r2 = r1 + M;
-        float *qkv = a->dec_qkv + (size_t)l * M * 3 * HK, *ctx = a->dec_ctx + (size_t)l * M * HK;
-        float *att = a->dec_att + (size_t)l * B * H * Ld * Ld;
-        float *xq = a->dec_xq + (size_t)l * M * HK, *xkv = a->dec_xkv + (size_t)l * N * 2 * HK;
-        float *xatt = a->dec_xatt + (size_t)l * B * H * Ld * Le;
-        float *xctx = a->dec_xctx + (size_t)l * M * HK;
-        /* feed-forward */
-        ffn_sublayer_backward_(a, c, &w, &gw, x2, ln2, r2, a->dec_ffu + (size_t)l * M * fu,
-                               a->dec_ffh + (size_t)l * M * f, (int)M);
-        /* cross-attention */
-        t5_matmul_backward(a->d_ctx, 0.0f, gw.xo, a->d_res, xctx, w.xo, (int)M, HK, d, 1.0f);
-        float *dxkv = a->d_qkv;
-        t5_attention_backward(a->d_q, HK, dxkv, 2 * HK, dxkv + HK, 2 * HK, NULL, a->d_ctx, HK, xatt,
-                            xq, HK, xkv, 2 * HK, xkv + HK, 2 * HK, B, Ld, Le, H, K,
-                            a->att_scratch, a->nthreads);
-        t5_matmul_backward(a->d_ln, 0.0f, gw.xq, a->d_q, ln1, w.xq, (int)M, d, HK, 1.0f);
-        t5_matmul_backward(a->d_enc_out, 1.0f, gw.xkv, dxkv, a->enc_out, w.xkv, (int)N, d,
-                           2 * HK, 1.0f);
-        t5_rmsnorm_backward(a->d_res, gw.ln_ca, a->d_ln, x1, w.ln_ca, r1, (int)M, d);
-        /* causal self-attention */
-        self_attn_backward_(a, c, &w, &gw, x0, ln0, r0, qkv, att, ctx, a->d_bias_dec, B, Ld);
+    if (has_dec_part_(r)) {
+        if (r->head) {   /* loss and head */
+            t5_xent_backward(a->logits, a->logZ, a->labels, (int)M, V, a->zc, loss_scale);
+            float alpha = c->tied_embedding ? 1.0f / sqrtf((float)d) : 1.0f;
+            t5_matmul_backward(s->d_ln, 0.0f, head_weight_(m, G), a->logits, a->dec_out,
+                               head_weight_(m, P), (int)M, d, V, alpha);
+            memset(s->d_res, 0, M * d * sizeof(float));
+            t5_rmsnorm_backward(s->d_res, tensor_ptr_(m, G, "decoder.final_layer_norm.weight"), s->d_ln,
+                                a->dec_res + (size_t)(3 * nD) * M * d,
+                                tensor_ptr_(m, P, "decoder.final_layer_norm.weight"), a->dec_out_rstd, (int)M, d);
+            ready_name_(m, g, "decoder.final_layer_norm.weight");
+            if (!c->tied_embedding) ready_name_(m, g, "lm_head.weight");
+        } else {
+            memcpy(s->d_res, g->d_dec_x, M * d * sizeof(float));
+        }
+        if (nD) {
+            memset(s->d_enc_out, 0, N * d * sizeof(float));
+            memset(s->d_bias_dec, 0, (size_t)B * H * (2 * Ld - 1) * sizeof(float));
+        }
+        for (int l = nD - 1; l >= 0; l--) {
+            int gl = r->dec_begin + l;
+            LayerW w, gw;
+            DecBlockActs e;
+            layer_ptrs_(m, P, 1, gl, &w);
+            layer_ptrs_(m, G, 1, gl, &gw);
+            dec_block_acts_(a, s, c, l, &e);
+            if (a->recompute) dec_block_forward_(m, a, &e, &w);
+            /* feed-forward */
+            ffn_sublayer_backward_(s, c, &w, &gw, e.x2, e.ln2, e.r2, e.ffu, e.ffh, (int)M);
+            /* cross-attention */
+            t5_matmul_backward(s->d_ctx, 0.0f, gw.xo, s->d_res, e.xctx, w.xo, (int)M, HK, d, 1.0f);
+            float *dxkv = s->d_qkv;
+            t5_attention_backward(s->d_q, HK, dxkv, 2 * HK, dxkv + HK, 2 * HK, NULL, s->d_ctx, HK, e.xatt,
+                                  e.xq, HK, e.xkv, 2 * HK, e.xkv + HK, 2 * HK, B, Ld, Le, H, K,
+                                  s->att_scratch, s->nthreads);
+            t5_matmul_backward(s->d_ln, 0.0f, gw.xq, s->d_q, e.ln1, w.xq, (int)M, d, HK, 1.0f);
+            t5_matmul_backward(s->d_enc_out, 1.0f, gw.xkv, dxkv, a->enc_out, w.xkv, (int)N, d, 2 * HK, 1.0f);
+            t5_rmsnorm_backward(s->d_res, gw.ln_ca, s->d_ln, e.x1, w.ln_ca, e.r1, (int)M, d);
+            /* causal self-attention */
+            self_attn_backward_(s, c, &w, &gw, e.x0, e.ln0, e.r0, e.qkv, e.att, e.ctx, s->d_bias_dec, B, Ld);
+            snprintf(prefix, sizeof prefix, "decoder.block.%d.", gl);
+            ready_prefix_(m, g, prefix);
+        }
+        if (nD) {
+            t5_relbias_backward(dec_bias_table_(m, G), s->d_bias_dec, B, Ld, Ld, H, 0, c->num_buckets,
+                                c->max_distance);
+            ready_name_(m, g, "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight");
+        }
+        if (r->dec_begin == 0 && nD) t5_embedding_backward(tensor_ptr_(m, G, "shared.weight"), a->dec_ids, s->d_res, (int)M, d);
+        else memcpy(g->d_dec_x_in, s->d_res, M * d * sizeof(float));
     }
-    t5_embedding_backward(dE, a->dec_ids, a->d_res, (int)M, d);
-    t5_relbias_backward(
-        tensor_ptr_(m, G, "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
-        a->d_bias_dec, B, Ld, Ld, H, 0, c->num_buckets, c->max_distance);
+    if (nD && !r->enc_norm) memcpy(g->d_enc_out_part, s->d_enc_out, N * d * sizeof(float));
 
-    /* encoder: final norm, then layers last to first */
-    memset(a->d_res, 0, N * d * sizeof(float));
-    t5_rmsnorm_backward(a->d_res, tensor_ptr_(m, G, "encoder.final_layer_norm.weight"),
-                        a->d_enc_out, a->enc_res + (size_t)(2 * el) * N * d,
-                        tensor_ptr_(m, P, "encoder.final_layer_norm.weight"), a->enc_out_rstd,
-                        (int)N, d);
-    memset(a->d_bias_enc, 0, (size_t)B * H * (2 * Le - 1) * sizeof(float));
-    for (int l = el - 1; l >= 0; l--) {
-        LayerW w, gw;
-        layer_ptrs_(m, P, 0, l, &w);
-        layer_ptrs_(m, G, 0, l, &gw);
-        float *x0 = a->enc_res + (size_t)(2 * l) * N * d, *x1 = x0 + N * d;
-        float *ln0 = a->enc_ln + (size_t)(2 * l) * N * d, *ln1 = ln0 + N * d;
-        float *r0 = a->enc_rstd + (size_t)(2 * l) * N, *r1 = r0 + N;
-        float *qkv = a->enc_qkv + (size_t)l * N * 3 * HK, *ctx = a->enc_ctx + (size_t)l * N * HK;
-        float *att = a->enc_att + (size_t)l * B * H * Le * Le;
-        ffn_sublayer_backward_(a, c, &w, &gw, x1, ln1, r1, a->enc_ffu + (size_t)l * N * fu,
-                               a->enc_ffh + (size_t)l * N * f, (int)N);
-        self_attn_backward_(a, c, &w, &gw, x0, ln0, r0, qkv, att, ctx, a->d_bias_enc, B, Le);
+    if (has_enc_part_(r)) {
+        if (r->enc_norm) {
+            /* the encoder output's gradient: this stage's decoder blocks plus later stages' */
+            float *de = s->d_enc_out;
+            if (!nD) memset(de, 0, N * d * sizeof(float));
+            if (g && g->d_enc_out) {
+                const float *src = g->d_enc_out;
+                size_t n = N * d;
+#pragma omp parallel for simd schedule(static)
+                for (size_t i = 0; i < n; i++) de[i] += src[i];
+            }
+            memset(s->d_res, 0, N * d * sizeof(float));
+            t5_rmsnorm_backward(s->d_res, tensor_ptr_(m, G, "encoder.final_layer_norm.weight"), de,
+                                a->enc_res + (size_t)(2 * nE) * N * d,
+                                tensor_ptr_(m, P, "encoder.final_layer_norm.weight"), a->enc_out_rstd, (int)N, d);
+            ready_name_(m, g, "encoder.final_layer_norm.weight");
+        } else {
+            memcpy(s->d_res, g->d_enc_x, N * d * sizeof(float));
+        }
+        if (nE) memset(s->d_bias_enc, 0, (size_t)B * H * (2 * Le - 1) * sizeof(float));
+        for (int l = nE - 1; l >= 0; l--) {
+            int gl = r->enc_begin + l;
+            LayerW w, gw;
+            EncBlockActs e;
+            layer_ptrs_(m, P, 0, gl, &w);
+            layer_ptrs_(m, G, 0, gl, &gw);
+            enc_block_acts_(a, s, c, l, &e);
+            if (a->recompute) enc_block_forward_(m, a, &e, &w);
+            ffn_sublayer_backward_(s, c, &w, &gw, e.x1, e.ln1, e.r1, e.ffu, e.ffh, (int)N);
+            self_attn_backward_(s, c, &w, &gw, e.x0, e.ln0, e.r0, e.qkv, e.att, e.ctx, s->d_bias_enc, B, Le);
+            snprintf(prefix, sizeof prefix, "encoder.block.%d.", gl);
+            ready_prefix_(m, g, prefix);
+        }
+        if (nE) {
+            t5_relbias_backward(enc_bias_table_(m, G), s->d_bias_enc, B, Le, Le, H, 1, c->num_buckets,
+                                c->max_distance);
+            ready_name_(m, g, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight");
+        }
+        if (r->embed) t5_embedding_backward(tensor_ptr_(m, G, "shared.weight"), a->enc_ids, s->d_res, (int)N, d);
+        else memcpy(g->d_enc_x_in, s->d_res, N * d * sizeof(float));
     }
-    t5_embedding_backward(dE, a->enc_ids, a->d_res, (int)N, d);
-    t5_relbias_backward(
-        tensor_ptr_(m, G, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
-        a->d_bias_enc, B, Le, Le, H, 1, c->num_buckets, c->max_distance);
+    ready_name_(m, g, "shared.weight");
     a->have_forward = 0;   /* the logits buffer now holds gradients */
     t5_profile_report();
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * The whole model: one stage holding every block, with the model's own activation set. */
+
+void t5_model_forward(T5Model *m, const T5Batch *b, float z_loss_coef, T5LossStats *out) {
+    if (b->B < 1 || b->Le < 1 || b->Ld < 1)
+        FATAL("the batch must have B, Le, Ld >= 1", "t5_model_forward: bad batch %dx%d/%d", b->B, b->Le, b->Ld);
+    T5Acts *a = m->acts;
+    if (!a || a->B != b->B || a->Le != b->Le || a->Ld != b->Ld || a->recompute != m->recompute) {
+        t5_acts_free(a);
+        a = m->acts = t5_acts_new(m, b->B, b->Le, b->Ld);
+    }
+    T5StageIn in = {NULL, NULL, NULL};
+    t5_stage_forward(m, a, b, &in, z_loss_coef, out);
+}
+
+void t5_model_backward_ready(T5Model *m, float loss_scale, void (*ready)(void *ctx, int tensor),
+                             void *ctx) {
+    if (!m->acts || !m->acts->have_forward)
+        FATAL("call t5_model_forward before t5_model_backward", "t5_model_backward: no forward");
+    T5StageGrad g;
+    memset(&g, 0, sizeof g);
+    g.ready = ready;
+    g.ready_ctx = ctx;
+    t5_stage_backward(m, m->acts, &g, loss_scale);
+}
+
+void t5_model_backward(T5Model *m, float loss_scale) { t5_model_backward_ready(m, loss_scale, NULL, NULL); }
 /* ---------------------------------------------------------------------------------------------
  * FLOPs (t5-spec.md section 8): matrix products only, 2 per multiply-add, full squares. */
 

@@ -30,6 +30,7 @@ typedef struct {
     int shape[2];      /* Hugging Face shape */
     size_t offset;     /* in floats, into params/grads */
     size_t numel;
+    int global_index;  /* index in the full model's table (a stage holds a subset) */
 } T5Tensor;
 
 typedef struct {
@@ -38,24 +39,45 @@ typedef struct {
     long tokens;       /* number of labels != 0 */
 } T5LossStats;
 
-typedef struct T5Activations T5Activations;   /* private to t5_model.c */
+/* The part of the block sequence [embedding, encoder blocks, encoder final norm, decoder blocks
+ * (the decoder input embedding goes with decoder block 0), decoder final norm + head + loss]
+ * that one model object runs: the whole model, or one pipeline stage. */
+typedef struct {
+    int embed;                 /* encoder input embedding */
+    int enc_begin, enc_end;    /* encoder blocks [enc_begin, enc_end) */
+    int enc_norm;              /* encoder final norm (produces the encoder output) */
+    int dec_begin, dec_end;    /* decoder blocks [dec_begin, dec_end) */
+    int head;                  /* decoder final norm, LM head, loss */
+} T5StageRange;
+
+typedef struct T5Acts T5Acts;          /* one micro-batch's saved activations; t5_model.c */
+typedef struct T5Scratch T5Scratch;    /* backward scratch shared by all micro-batches */
 
 typedef struct {
     T5Config cfg;
+    T5StageRange range;
     size_t num_params;
     float *params;            /* [num_params], 64-byte aligned */
     float *grads;             /* [num_params], same layout */
     T5Tensor *tensors;
     int num_tensors;
-    T5Activations *acts;      /* NULL until the first forward */
+    int recompute;            /* keep only block inputs; recompute each block in backward */
+    T5Acts *acts;             /* of t5_model_forward/backward; NULL until the first forward */
+    T5Scratch *scratch;       /* NULL until the first backward */
 } T5Model;
 
 /* Lay out the parameter table for cfg and allocate params (zeroed) and grads (zeroed).
  * Fatal on out of memory. The tensor order is the Hugging Face state-dict order. */
 void t5_model_build(T5Model *m, const T5Config *cfg);
+/* The same for a stage: only the tensors the range uses, plus the tensors it shares with other
+ * stages (shared.weight where the encoder embedding, the decoder embedding or the tied head is;
+ * each stack's relative_attention_bias on every stage running blocks of that stack). */
+void t5_model_build_stage(T5Model *m, const T5Config *cfg, const T5StageRange *range);
+void t5_stage_range_full(const T5Config *cfg, T5StageRange *range);
 void t5_model_free(T5Model *m);
 
-/* Mesh TensorFlow initialisation (t5-spec.md section 3), a pure function of seed. */
+/* Mesh TensorFlow initialisation (t5-spec.md section 3), a pure function of seed and of each
+ * tensor's global index: a stage gets exactly the values of the whole model. */
 void t5_model_init_weights(T5Model *m, uint64_t seed);
 
 /* Index of the tensor named `name` (Hugging Face name), or -1. "lm_head.weight",
@@ -63,14 +85,62 @@ void t5_model_init_weights(T5Model *m, uint64_t seed);
  * when the embedding is tied. */
 int t5_model_find_tensor(const T5Model *m, const char *name);
 
-/* Forward pass over a batch (b->B rows); keeps what backward needs. z_loss_coef is zc above.
- * Token ids must be in [0, V); the caller validates data. */
+/* Forward pass over a batch (b->B rows) of the whole model; keeps what backward needs.
+ * z_loss_coef is zc above. Token ids must be in [0, V); the caller validates data. */
 void t5_model_forward(T5Model *m, const T5Batch *b, float z_loss_coef, T5LossStats *out);
 
 /* Backward of the last forward; ACCUMULATES into m->grads (call t5_model_zero_grad first). */
 void t5_model_backward(T5Model *m, float loss_scale);
+/* The same; ready(ctx, i) hears of tensor i as soon as its gradient is final (for the data-
+ * parallel reduction to start during backward). */
+void t5_model_backward_ready(T5Model *m, float loss_scale, void (*ready)(void *ctx, int tensor),
+                             void *ctx);
 
 void t5_model_zero_grad(T5Model *m);
+
+/* ---- Stages: the same computation cut at block boundaries (pipeline parallelism). ----
+ * N = B*Le encoder tokens, M = B*Ld decoder tokens. A stage's forward takes the hidden states
+ * entering it and produces those leaving it; its backward takes their gradients and produces the
+ * gradients of what entered. Outputs live in the T5Acts until its next forward. */
+
+/* Saved activations of one micro-batch of B rows for m's range (recompute: m->recompute). */
+T5Acts *t5_acts_new(const T5Model *m, int B, int Le, int Ld);
+void t5_acts_free(T5Acts *a);
+/* Bytes of one activation set, and of the backward scratch, for a range and micro-batch. */
+size_t t5_acts_bytes(const T5Config *cfg, const T5StageRange *r, int B, int Le, int Ld, int recompute);
+size_t t5_scratch_bytes(const T5Config *cfg, const T5StageRange *r, int B, int Le, int Ld, int recompute);
+
+typedef struct {
+    const float *enc_x;     /* [N,d] encoder hidden entering (when !embed and the range has encoder blocks or the norm) */
+    const float *dec_x;     /* [M,d] decoder hidden entering (when dec_begin > 0 or the range starts at the head) */
+    const float *enc_out;   /* [N,d] encoder output (when the range has decoder blocks and !enc_norm) */
+} T5StageIn;
+
+/* Forward; *loss gets the loss sums when the range has the head (else zeros). */
+void t5_stage_forward(T5Model *m, T5Acts *a, const T5Batch *b, const T5StageIn *in, float z_loss_coef,
+                      T5LossStats *loss);
+/* Outputs of the last forward: encoder hidden leaving ([N,d], when the encoder goes on after
+ * the range), encoder output ([N,d], when the range has enc_norm), decoder hidden leaving ([M,d],
+ * when the decoder goes on after the range). NULL when the range has no such output. */
+const float *t5_acts_enc_x_out(const T5Acts *a);
+const float *t5_acts_enc_out(const T5Acts *a);
+const float *t5_acts_dec_x_out(const T5Acts *a);
+
+typedef struct {
+    const float *d_enc_x;     /* [N,d] gradient of the encoder hidden leaving (when it goes on) */
+    const float *d_dec_x;     /* [M,d] gradient of the decoder hidden leaving (when it goes on) */
+    const float *d_enc_out;   /* [N,d] enc_norm ranges: summed gradient of the encoder output from
+                                 decoder blocks of LATER stages (NULL = none) */
+    float *d_enc_x_in;        /* [N,d] out: gradient of enc_x entering (when !embed and encoder part) */
+    float *d_dec_x_in;        /* [M,d] out: gradient of dec_x entering (when dec_begin > 0 / head only) */
+    float *d_enc_out_part;    /* [N,d] out: ranges with decoder blocks but no enc_norm: this stage's
+                                 contribution to the encoder output's gradient (written) */
+    void (*ready)(void *ctx, int tensor);   /* optional: tensor's gradient is final for this call */
+    void *ready_ctx;
+} T5StageGrad;
+
+/* Backward of a's forward; ACCUMULATES into m->grads. */
+void t5_stage_backward(T5Model *m, T5Acts *a, T5StageGrad *g, float loss_scale);
 
 /* Bytes of activation memory forward+backward needs for a micro-batch of B rows. */
 size_t t5_model_activation_bytes(const T5Config *cfg, int B, int Le, int Ld);

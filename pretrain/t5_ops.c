@@ -36,19 +36,31 @@
 enum { PROF_MATMUL, PROF_ATTN, PROF_NORM, PROF_FFNACT, PROF_XENT, PROF_EMBED, PROF_OTHER, PROF_N };
 static const char *prof_names_[PROF_N] = {"matmul", "attention", "rmsnorm", "ffn_act", "xent",
                                            "embed", "other"};
-static double prof_time_[PROF_N];
-static int prof_on_ = -1;
+static double prof_time_[PROF_N], prof_total_[PROF_N];
+static int prof_on_ = -1, prof_print_ = 0;
 
 static int prof_enabled_(void) {
     if (prof_on_ < 0) {
         const char *e = getenv("T5_PROFILE");
-        prof_on_ = (e && *e && *e != '0') ? 1 : 0;
+        prof_on_ = prof_print_ = (e && *e && *e != '0') ? 1 : 0;
     }
     return prof_on_;
 }
+void t5_profile_enable(int on) {
+    prof_enabled_();
+    prof_on_ = on ? 1 : prof_print_;
+}
+int t5_profile_totals(double *sec, const char **names) {
+    for (int i = 0; i < PROF_N; i++) { sec[i] = prof_total_[i]; names[i] = prof_names_[i]; }
+    return PROF_N;
+}
+void t5_profile_reset(void) {
+    memset(prof_total_, 0, sizeof prof_total_);
+    memset(prof_time_, 0, sizeof prof_time_);
+}
 #define PROF_BEGIN() double prof_t0_ = prof_enabled_() ? now_seconds() : 0.0
 void t5_profile_report(void) {
-    if (prof_on_ <= 0) return;
+    if (prof_on_ <= 0 || !prof_print_) return;
     double tot = 0.0;
     for (int i = 0; i < PROF_N; i++) tot += prof_time_[i];
     fprintf(stderr, "t5_profile fwd+bwd %.3f s:", tot);
@@ -59,7 +71,8 @@ void t5_profile_report(void) {
     fputc('\n', stderr);
 }
 
-#define PROF_END(cls) do { if (prof_on_ > 0) prof_time_[cls] += now_seconds() - prof_t0_; } while (0)
+#define PROF_END(cls) do { if (prof_on_ > 0) { double dt_ = now_seconds() - prof_t0_; \
+    prof_time_[cls] += dt_; prof_total_[cls] += dt_; } } while (0)
 
 /* ---------------------------------------------------------------------------------------------
  * Relative position buckets. */
@@ -88,8 +101,7 @@ int t5_relative_bucket(int rel, int bidirectional, int num_buckets, int max_dist
 void t5_matmul_forward(float *out, const float *inp, const float *W, int N, int C, int OC,
                        float alpha, float beta) {
     PROF_BEGIN();
-    t5_gemm(0, 1, N, OC, C, alpha, inp, C, W, C, beta,
-                out, OC);
+    t5_gemm_w(0, 1, N, OC, C, alpha, inp, C, W, C, beta, out, OC);   /* W is a weight */
     PROF_END(PROF_MATMUL);
 }
 
@@ -98,8 +110,7 @@ void t5_matmul_backward(float *dinp, float dinp_beta, float *dW, const float *do
                         const float *inp, const float *W, int N, int C, int OC, float alpha) {
     PROF_BEGIN();
     if (dinp)
-        t5_gemm(0, 0, N, C, OC, alpha, dout, OC, W, C,
-                    dinp_beta, dinp, C);
+        t5_gemm_w(0, 0, N, C, OC, alpha, dout, OC, W, C, dinp_beta, dinp, C);
     if (dW)
         t5_gemm(1, 0, OC, C, N, alpha, dout, OC, inp, C,
                     1.0f, dW, C);

@@ -13,8 +13,17 @@
 #include "t5_config.h"
 #include "t5_model.h"   /* T5LossStats */
 
-/* Print (stderr) and reset the per-op-class times when T5_PROFILE=1; no-op otherwise. */
+/* Per-op-class wall times. T5_PROFILE=1: t5_profile_report (the model calls it after every
+ * backward) prints the times since the last report to stderr. t5_profile_enable(1) turns timing
+ * on without printing (t5bench). t5_profile_totals copies the cumulative seconds per class since
+ * the last t5_profile_reset (never reset by the report) into sec[] and the class names into
+ * names[] (both of at least T5_PROFILE_CLASSES entries) and returns the number of classes.
+ * Products are in "matmul" (Linear layers and the LM head) or inside "attention" (Q K^T, P V). */
+#define T5_PROFILE_CLASSES 8
 void t5_profile_report(void);
+void t5_profile_enable(int on);
+int t5_profile_totals(double *sec, const char **names);
+void t5_profile_reset(void);
 
 /* ---- Relative position buckets (t5-spec.md section 2.4) ----
  * Bucket of a key at offset rel = j - i from its query. bidirectional=1 for the encoder (keys to
@@ -26,7 +35,8 @@ int t5_relative_bucket(int rel, int bidirectional, int num_buckets, int max_dist
  * run parts of the model (pipeline stages). Row-major fp32; shapes in brackets. Backward
  * functions ACCUMULATE (+=) into parameter gradients; see t5_model.c for each contract. ---- */
 
-/* out[N,OC] = alpha * inp[N,C] . W[OC,C]^T + beta * out  (HF Linear layout, no bias). */
+/* out[N,OC] = alpha * inp[N,C] . W[OC,C]^T + beta * out  (HF Linear layout, no bias). W must be
+ * a model weight (constant between gemm_weights_updated() calls): in bf16 its copy is cached. */
 void t5_matmul_forward(float *out, const float *inp, const float *W, int N, int C, int OC,
                        float alpha, float beta);
 /* dinp[N,C] = alpha * dout . W + dinp_beta * dinp (skipped if dinp is NULL);

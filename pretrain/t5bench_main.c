@@ -6,12 +6,16 @@
  *           [--threads T] [--gemm-n N] [--gemm-reps R] [--seed S] [--no-optimizer] [--gemm-only]
  *
  * Measures
- *   (a) the sgemm peak: median of R calls of an N^3 product (default 2048^3, R = 5);
+ *   (a) the matrix-product peaks of both precisions (fp32: OpenBLAS sgemm; bf16: oneDNN on
+ *       pre-converted operands), N^3 (default 2048^3), best of R calls, measured before and after
+ *       the model (flagged when the rounds disagree: the machine was busy);
  *   (b) W warm-up then N timed training steps on synthetic span-corrupted batches: zero_grad,
  *       forward, backward, Adafactor update. Reports the median step time (and the phases), encoder
  *       tokens/s (B*Le / step), target tokens/s, achieved GFLOP/s by t5_model_flops_per_step
- *       (t5-spec.md section 8), MFU = achieved / measured peak, and peak RSS against an analytical
- *       estimate (params + grads + optimizer state + t5_model_activation_bytes).
+ *       (t5-spec.md section 8), MFU = achieved / the measured peak of the precision that ran
+ *       (--precision; default as the trainer's), the per-op profile (t5_ops classes, bf16
+ *       conversion vs kernels), and peak RSS against an analytical estimate (params + grads +
+ *       optimizer state + t5_model_activation_bytes + gemm_extra_bytes).
  * Human-readable lines go to stdout; the LAST line of stdout is one JSON object with every number
  * (tests/bench.sh reads it).
  */
@@ -25,14 +29,17 @@
 #include "common/blas_runtime.h"
 #include "common/util.h"
 #include "data/synthetic.h"
+#include "pretrain/gemm.h"
 #include "pretrain/optim.h"
 #include "pretrain/t5_batch.h"
 #include "pretrain/t5_config.h"
 #include "pretrain/t5_model.h"
+#include "pretrain/t5_ops.h"
 
 typedef struct {
     char variant[128];
     int B, Le, Ld, steps, warmup, threads, gemm_n, gemm_reps, optimizer, gemm_only;
+    int precision;           /* GemmPrecision, or -1: the default policy */
     long seed;
     const char *gemm_dump;   /* directory, or NULL */
 } BenchOptions;
@@ -50,6 +57,8 @@ static void usage_(FILE *f) {
             "  --gemm-n N        sgemm peak problem size N^3 (default 2048)\n"
             "  --gemm-reps R     sgemm timed calls, median reported (default 5)\n"
             "  --seed S          weights and batches seed (default 1)\n"
+            "  --precision P     fp32 or bf16 matrix-product inputs (default: bf16 when the CPU\n"
+            "                    has AMX-BF16 or AVX512_BF16, else fp32; see pretrain/gemm.h)\n"
             "  --no-optimizer    time forward + backward only\n"
             "  --gemm-only       only the sgemm peak (no model)\n"
             "  --gemm-dump DIR   also write a fixed product C = A B (float32 files A.f32 B.f32\n"
@@ -74,6 +83,7 @@ static void parse_args_(BenchOptions *o, int argc, char **argv) {
     o->B = 8; o->Le = 512; o->Ld = 128; o->steps = 5; o->warmup = 1; o->threads = 0;
     o->gemm_n = 2048; o->gemm_reps = 5; o->optimizer = 1; o->gemm_only = 0; o->seed = 1;
     o->gemm_dump = NULL;
+    o->precision = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage_(stdout); exit(0); }
@@ -82,6 +92,15 @@ static void parse_args_(BenchOptions *o, int argc, char **argv) {
         else if (!strcmp(a, "--variant")) {
             if (!v) { fprintf(stderr, "t5bench: --variant needs a name\n"); exit(2); }
             snprintf(o->variant, sizeof o->variant, "%s", v); i++;
+        }
+        else if (!strcmp(a, "--precision")) {
+            GemmPrecision p;
+            if (gemm_parse_precision(v, &p) != 0) {
+                fprintf(stderr, "t5bench: --precision needs fp32 or bf16, got '%s'\n",
+                        v ? v : "(missing)");
+                exit(2);
+            }
+            o->precision = (int)p; i++;
         }
         else if (!strcmp(a, "--gemm-dump")) {
             if (!v) { fprintf(stderr, "t5bench: --gemm-dump needs a directory\n"); exit(2); }
@@ -130,6 +149,11 @@ typedef struct {
     long targets;                          /* labels != 0 in one batch */
     size_t num_params, opt_state_floats, act_bytes, est_bytes, rss_before_model, peak_rss;
     double flops_per_step;
+    size_t gemm_extra_bytes, gemm_cache_bytes;
+    double prof_s[T5_PROFILE_CLASSES];     /* per timed step (mean) */
+    const char *prof_names[T5_PROFILE_CLASSES];
+    int prof_n;
+    double conv_s, kern_s;                 /* gemm: bf16 conversion / kernels, per timed step */
 } ModelBench;
 
 static void bench_model_(const BenchOptions *o, const T5Config *cfg, ModelBench *r) {
@@ -138,6 +162,9 @@ static void bench_model_(const BenchOptions *o, const T5Config *cfg, ModelBench 
     T5Model m;
     t5_model_build(&m, cfg);
     t5_model_init_weights(&m, (uint64_t)o->seed);
+    gemm_weights_updated();
+    t5_profile_enable(1);
+    gemm_stats_enable(1);
     r->num_params = m.num_params;
 
     Optim opt;
@@ -172,13 +199,17 @@ static void bench_model_(const BenchOptions *o, const T5Config *cfg, ModelBench 
         synthetic_batch(&b, 32000, 32099, (uint64_t)o->seed, s, 0);
         if (s == 0) r->targets = t5_batch_count_targets(&b);
         T5LossStats ls;
+        if (s == o->warmup) { t5_profile_reset(); gemm_stats_reset(); }
         double t0 = now_seconds();
         t5_model_zero_grad(&m);
         t5_model_forward(&m, &b, zc, &ls);
         double t1 = now_seconds();
         t5_model_backward(&m, scale);
         double t2 = now_seconds();
-        if (o->optimizer) optim_step(&opt, m.params, m.grads, s);
+        if (o->optimizer) {
+            optim_step(&opt, m.params, m.grads, s);
+            gemm_weights_updated();   /* the bf16 weight copies are stale now */
+        }
         double t3 = now_seconds();
         double loss = ls.tokens > 0 ? ls.ce_sum / (double)ls.tokens : NAN;
         if (s == 0) r->first_loss = loss;
@@ -199,10 +230,24 @@ static void bench_model_(const BenchOptions *o, const T5Config *cfg, ModelBench 
     r->fwd_s = median_(tf, o->steps);
     r->bwd_s = median_(tb, o->steps);
     r->opt_s = median_(to, o->steps);
+    r->prof_n = t5_profile_totals(r->prof_s, r->prof_names);
+    for (int i = 0; i < r->prof_n; i++) r->prof_s[i] /= o->steps;
+    GemmStats gs;
+    gemm_stats_get(&gs);
+    r->conv_s = gs.convert_s / o->steps;
+    r->kern_s = gs.kernel_s / o->steps;
+    r->gemm_cache_bytes = gemm_cache_bytes();
     r->peak_rss = peak_rss_bytes();
     r->act_bytes = t5_model_activation_bytes(cfg, o->B, o->Le, o->Ld);
+    GemmConfig gc;
+    gemm_get_config(&gc);
+    size_t M = (size_t)o->B * o->Ld, N = (size_t)o->B * o->Le;
+    size_t widest = (size_t)(cfg->d_ff > cfg->d_model ? cfg->d_ff : cfg->d_model) *
+                    (cfg->ffn == T5_FFN_GATED_GELU ? 2 : 1);
+    r->gemm_extra_bytes = gemm_extra_bytes(gc.precision, m.num_params, M * cfg->vocab_size,
+                                           N * widest, omp_get_max_threads());
     r->est_bytes = 2 * r->num_params * sizeof(float) + r->opt_state_floats * sizeof(float) +
-                   r->act_bytes;
+                   r->act_bytes + r->gemm_extra_bytes;
     r->flops_per_step = t5_model_flops_per_step(cfg, o->B, o->Le, o->Ld);
     free(ts); free(tf); free(tb); free(to);
     t5_batch_free(&b);
@@ -237,6 +282,31 @@ static void gemm_dump_(const char *dir, uint64_t seed) {
     free(A); free(B); free(C);
 }
 
+/* Peak of one precision measured before and after the model (the machine is shared: the best
+ * call of both rounds is the peak; disturbed when a round's median is >15% below its best or the
+ * two rounds' bests differ by more than 10%). */
+typedef struct {
+    GemmPeak before, after;
+    double best;
+    int disturbed, ok;
+    char err[256];
+} PeakPair;
+
+static void peak_round_(PeakPair *pp, GemmPrecision p, const BenchOptions *o, int threads,
+                        int after) {
+    GemmPeak *g = after ? &pp->after : &pp->before;
+    if (gemm_measure_peak(p, o->gemm_n, threads, o->gemm_reps, g, pp->err, sizeof pp->err) != 0) {
+        pp->ok = 0;
+        return;
+    }
+    if (!after) { pp->ok = 1; pp->best = g->best_gflops; pp->disturbed = g->disturbed; return; }
+    if (!pp->ok) return;
+    double a = pp->before.best_gflops, b = pp->after.best_gflops;
+    pp->best = a > b ? a : b;
+    pp->disturbed = pp->before.disturbed || pp->after.disturbed ||
+                    fabs(a - b) > 0.10 * pp->best;
+}
+
 int main(int argc, char **argv) {
     BenchOptions o;
     parse_args_(&o, argc, argv);   /* pure; may exit before anything else happens */
@@ -251,32 +321,64 @@ int main(int argc, char **argv) {
         return 2;
     }
     printf("t5bench: BLAS %s\n", blas_runtime_describe());
+    GemmConfig gc;
+    char why[256];
+    gemm_default_config(&gc, why, sizeof why);
+    if (o.precision >= 0) {
+        gc.precision = (GemmPrecision)o.precision;
+        gc.backend = gc.precision == GEMM_BF16 ? GEMM_BACKEND_ONEDNN : GEMM_BACKEND_OPENBLAS;
+        snprintf(why, sizeof why, "%s: --precision", gemm_precision_name(gc.precision));
+    }
+    if (gemm_set_config(&gc, err, sizeof err) != 0) {
+        fprintf(stderr, "t5bench: --precision %s is not available here: %s\n",
+                gemm_precision_name(gc.precision), err);
+        return 2;
+    }
+    printf("t5bench: precision %s (%s)\n", gemm_precision_name(gc.precision), why);
     fflush(stdout);
 
-    /* Model first, so that the sgemm buffers do not count toward the model's peak RSS (the peak
-     * is a high-water mark; the sgemm probe's 3 N^2 floats are freed and much smaller). */
+    /* Both peaks, before and after the model (see PeakPair). */
+    PeakPair pk[2];
+    memset(pk, 0, sizeof pk);
+    for (int p = 0; p < 2; p++) peak_round_(&pk[p], (GemmPrecision)p, &o, threads, 0);
+
     if (o.gemm_dump) gemm_dump_(o.gemm_dump, (uint64_t)o.seed);
     ModelBench r;
     memset(&r, 0, sizeof r);
     if (!o.gemm_only) {
-        printf("t5bench: %s, B=%d Le=%d Ld=%d, %d warm-up + %d timed steps, %s, %d threads\n",
+        printf("t5bench: %s, B=%d Le=%d Ld=%d, %d warm-up + %d timed steps, %s, %d threads, %s\n",
                cfg.name, o.B, o.Le, o.Ld, o.warmup, o.steps,
-               o.optimizer ? "forward+backward+Adafactor" : "forward+backward only", threads);
+               o.optimizer ? "forward+backward+Adafactor" : "forward+backward only", threads,
+               gemm_precision_name(gc.precision));
         fflush(stdout);
         bench_model_(&o, &cfg, &r);
+        printf("t5bench: %s\n", gemm_describe());
     }
-    double gemm_s = 0;
-    double peak = blas_measure_sgemm_gflops(o.gemm_n, threads, o.gemm_reps, &gemm_s);
-    printf("sgemm peak: %.1f GFLOP/s (%d^3, median of %d: %.4f s), core %s, %d threads\n", peak,
-           o.gemm_n, o.gemm_reps, gemm_s, openblas_get_corename(), threads);
+    for (int p = 0; p < 2; p++) peak_round_(&pk[p], (GemmPrecision)p, &o, threads, 1);
+    for (int p = 0; p < 2; p++) {
+        if (!pk[p].ok) {
+            printf("%s peak: not measured (%s)\n", gemm_precision_name((GemmPrecision)p),
+                   pk[p].err);
+            continue;
+        }
+        printf("%s peak: %.1f GFLOP/s (%d^3, best of 2 x %d calls; medians %.1f / %.1f), %s, "
+               "%d threads%s\n", gemm_precision_name((GemmPrecision)p), pk[p].best, o.gemm_n,
+               o.gemm_reps, pk[p].before.median_gflops, pk[p].after.median_gflops,
+               pk[p].after.kernel, threads,
+               pk[p].disturbed ? "  [DISTURBED: machine busy while measuring]" : "");
+    }
+    const PeakPair *mine = &pk[gc.precision];
+    double peak = mine->ok ? mine->best : 0.0;
 
     double enc_tps = 0, tgt_tps = 0, dec_tps = 0, gflops = 0, mfu = 0, rss_ratio = 0;
+    int mfu_flag = mine->disturbed;
     if (!o.gemm_only) {
         enc_tps = (double)o.B * o.Le / r.step_s;
         dec_tps = (double)o.B * o.Ld / r.step_s;
         tgt_tps = (double)r.targets / r.step_s;
         gflops = r.flops_per_step / r.step_s / 1e9;
         mfu = peak > 0 ? gflops / peak : 0;
+        if (mfu > 1.0) mfu_flag = 1;
         rss_ratio = r.est_bytes ? (double)r.peak_rss / (double)r.est_bytes : 0;
         const double MiB = 1048576.0;
         printf("step: median %.3f s (forward %.3f, backward %.3f, optimizer %.3f); min %.3f, "
@@ -284,12 +386,24 @@ int main(int argc, char **argv) {
         printf("tokens/s: %.0f encoder (B*Le), %.0f decoder positions (B*Ld), %.0f targets "
                "(%ld per batch)\n", enc_tps, dec_tps, tgt_tps, r.targets);
         printf("compute: %.2f GFLOP/step (t5-spec 8), %.1f GFLOP/s achieved, MFU %.1f%% of the "
-               "measured sgemm peak\n", r.flops_per_step / 1e9, gflops, 100 * mfu);
+               "%s peak measured in this run%s\n", r.flops_per_step / 1e9, gflops, 100 * mfu,
+               gemm_precision_name(gc.precision),
+               mfu_flag ? " [UNRELIABLE: peak measurement disturbed]" : "");
+        double tot = 0;
+        printf("profile (s per step, %s):", gemm_precision_name(gc.precision));
+        for (int i = 0; i < r.prof_n; i++) {
+            printf(" %s %.3f", r.prof_names[i], r.prof_s[i]);
+            tot += r.prof_s[i];
+        }
+        printf(" | untimed fwd+bwd rest %.3f | optimizer %.3f", r.fwd_s + r.bwd_s - tot, r.opt_s);
+        printf(" | of matmul: bf16 conversion %.3f, kernels %.3f\n", r.conv_s, r.kern_s);
         printf("memory: peak RSS %.1f MiB; estimate %.1f MiB = params %.1f + grads %.1f + "
-               "optimizer %.1f + activations %.1f; ratio %.2f (RSS before model %.1f MiB)\n",
+               "optimizer %.1f + activations %.1f + %s GEMM copies/buffers %.1f (held at end "
+               "%.1f); ratio %.2f (RSS before model %.1f MiB)\n",
                r.peak_rss / MiB, r.est_bytes / MiB, r.num_params * 4 / MiB,
-               r.num_params * 4 / MiB, r.opt_state_floats * 4 / MiB, r.act_bytes / MiB, rss_ratio,
-               r.rss_before_model / MiB);
+               r.num_params * 4 / MiB, r.opt_state_floats * 4 / MiB, r.act_bytes / MiB,
+               gemm_precision_name(gc.precision), r.gemm_extra_bytes / MiB,
+               r.gemm_cache_bytes / MiB, rss_ratio, r.rss_before_model / MiB);
         printf("loss: first %.4f, last %.4f\n", r.first_loss, r.last_loss);
     }
 
@@ -298,8 +412,15 @@ int main(int argc, char **argv) {
     json_str_(stdout, o.gemm_only ? "" : cfg.name);
     printf(",\"blas_core\":");
     json_str_(stdout, openblas_get_corename());
-    printf(",\"threads\":%d,\"gemm_n\":%d,\"sgemm_gflops\":%.2f,\"sgemm_median_s\":%.6f",
-           threads, o.gemm_n, peak, gemm_s);
+    printf(",\"precision\":\"%s\",\"threads\":%d,\"gemm_n\":%d", gemm_precision_name(gc.precision),
+           threads, o.gemm_n);
+    printf(",\"sgemm_gflops\":%.2f,\"sgemm_median_s\":%.6f", pk[0].ok ? pk[0].best : 0.0,
+           pk[0].ok ? 2.0 * o.gemm_n * (double)o.gemm_n * o.gemm_n / 1e9 /
+                          (pk[0].after.median_gflops > 0 ? pk[0].after.median_gflops : 1) : 0.0);
+    printf(",\"fp32_peak_gflops\":%.2f,\"fp32_peak_disturbed\":%d", pk[0].ok ? pk[0].best : 0.0,
+           pk[0].disturbed);
+    printf(",\"bf16_peak_gflops\":%.2f,\"bf16_peak_disturbed\":%d", pk[1].ok ? pk[1].best : 0.0,
+           pk[1].disturbed);
     if (!o.gemm_only) {
         printf(",\"B\":%d,\"Le\":%d,\"Ld\":%d,\"steps\":%d,\"optimizer\":%s,\"params\":%zu",
                o.B, o.Le, o.Ld, o.steps, o.optimizer ? "true" : "false", r.num_params);
@@ -308,13 +429,17 @@ int main(int argc, char **argv) {
         printf(",\"fwd_s\":%.6f,\"bwd_s\":%.6f,\"opt_s\":%.6f", r.fwd_s, r.bwd_s, r.opt_s);
         printf(",\"enc_tokens_per_s\":%.1f,\"dec_tokens_per_s\":%.1f,\"target_tokens_per_s\":%.1f",
                enc_tps, dec_tps, tgt_tps);
-        printf(",\"flops_per_step\":%.6g,\"gflops\":%.2f,\"mfu\":%.4f", r.flops_per_step, gflops,
-               mfu);
-        printf(",\"peak_rss_bytes\":%zu,\"est_bytes\":%zu,\"act_bytes\":%zu,\"rss_ratio\":%.3f",
-               r.peak_rss, r.est_bytes, r.act_bytes, rss_ratio);
+        printf(",\"flops_per_step\":%.6g,\"gflops\":%.2f,\"mfu\":%.4f,\"mfu_unreliable\":%d",
+               r.flops_per_step, gflops, mfu, mfu_flag);
+        for (int i = 0; i < r.prof_n; i++) printf(",\"prof_%s_s\":%.6f", r.prof_names[i], r.prof_s[i]);
+        printf(",\"prof_convert_s\":%.6f,\"prof_gemm_kernel_s\":%.6f", r.conv_s, r.kern_s);
+        printf(",\"peak_rss_bytes\":%zu,\"est_bytes\":%zu,\"act_bytes\":%zu,\"gemm_extra_bytes\":%zu"
+               ",\"rss_ratio\":%.3f", r.peak_rss, r.est_bytes, r.act_bytes, r.gemm_extra_bytes,
+               rss_ratio);
         printf(",\"first_loss\":%.6f,\"last_loss\":%.6f", isfinite(r.first_loss) ? r.first_loss : -1,
                isfinite(r.last_loss) ? r.last_loss : -1);
     }
     printf("}\n");
+    gemm_release();
     return 0;
 }

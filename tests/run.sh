@@ -49,7 +49,7 @@ done
 if command -v valgrind >/dev/null && [ "${T5_SKIP_VALGRIND:-0}" != 1 ]; then
     for t in build/tests/test_*; do
         [ -x "$t" ] || continue
-        run_one "valgrind/$(basename "$t")" env T5_TEST_QUICK=1 valgrind -q --leak-check=full \
+        run_one "valgrind/$(basename "$t")" env T5_TEST_QUICK=1 valgrind -q --suppressions=tests/valgrind-mpi.supp --leak-check=full \
             --errors-for-leak-kinds=definite --error-exitcode=9 "$t"
     done
 fi

@@ -1,0 +1,1232 @@
+/*
+ * pretrain/trainer.c: see trainer.h.
+ *
+ * Read top to bottom: the Trainer, stop signals, option resolution (threads, schedule,
+ * precision, memory plan), the batch source, one step, validation, checkpoints (pieces, save,
+ * resume), the run loop.
+ */
+#include "trainer.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <omp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../ckpt/ckpt.h"
+#include "../ckpt/hf.h"
+#include "../common/blas_runtime.h"
+#include "../common/resources.h"
+#include "../common/util.h"
+#include "../data/loader.h"
+#include "../data/synthetic.h"
+#include "../parallel/grid.h"
+#include "../parallel/mpi_check.h"
+#include "gemm.h"
+#include "metrics.h"
+#include "optim.h"
+#include "t5_config.h"
+#include "t5_model.h"
+
+struct Trainer {
+    TrainOptions o;
+    Grid grid;
+    int is_root;                 /* world rank 0: prints, metrics, manifest */
+    T5Config cfg;
+    T5Model model;
+    OptimConfig oc;
+    Optim opt;
+    OptimTensor *otensors;
+    int threads;
+    int micro;                   /* rows per forward/backward */
+    int local_rows;              /* rows of the global batch on this data-parallel rank */
+    /* data */
+    char **files, **val_files;
+    int n_files, n_val_files;
+    DataLoaderConfig dc, val_cfg;
+    DataLoader *loader;          /* NULL when synthetic */
+    int synthetic_pieces, sentinel_top;
+    T5Batch local;
+    char *cursor_before;         /* the data cursor at the start of the current step */
+    /* progress */
+    long step;                   /* optimizer steps done */
+    long long tokens;            /* encoder positions seen */
+    double last_loss;
+    double peak_gflops;          /* sgemm peak of all ranks, measured at start */
+    double step_flops;
+    double t_start, elapsed_before;   /* elapsed_before: wall time of earlier runs (resume) */
+    MetricsWriter *metrics;
+    double last_save_time;
+    long last_saved_step;
+    double last_save_seconds, max_step_seconds;
+    CkptAsync *pending_save;
+    size_t estimate_bytes;
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * Stop signals: the first asks for a checkpoint and a stop at the next step boundary; a second
+ * ends the process at once. */
+
+static volatile sig_atomic_t stop_signal_ = 0;
+
+static void on_stop_signal_(int sig) {
+    if (stop_signal_) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    stop_signal_ = sig;
+}
+
+void trainer_install_signal_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal_;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Small helpers. */
+
+#define ROOT_PRINTF(t, ...) do { if ((t)->is_root) { printf(__VA_ARGS__); fflush(stdout); } } while (0)
+
+/* A configuration error: printed once, every rank returns T5_EXIT_CONFIG. All ranks evaluate
+ * the same options, so they reach it together; `local` errors (one rank's files) go through
+ * agree_error_ instead. */
+static int config_error_(const Trainer *t, const char *msg) {
+    if (t->is_root) fprintf(stderr, "t5pretrain: error: %s\n", msg);
+    return T5_EXIT_CONFIG;
+}
+
+/* Agree on a per-rank failure: returns 1 on every rank if any rank had failed (its message is
+ * printed by that rank, prefixed by its rank). */
+static int agree_error_(const Trainer *t, int failed, const char *msg) {
+    if (failed) fprintf(stderr, "t5pretrain: error: rank %d: %s\n", t->grid.rank, msg);
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, t->grid.world));
+    return failed;
+}
+
+static double wall_clock_(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Sum of squares of x[0..n), the same bits for any thread count: fixed pieces are summed in
+ * parallel, then the piece sums in order. (An OpenMP reduction would not be reproducible.) */
+static double sum_squares_(const float *x, size_t n) {
+    enum { PIECE = 1 << 16 };
+    size_t pieces = (n + PIECE - 1) / PIECE;
+    double *part = xcalloc(pieces ? pieces : 1, sizeof(double));
+#pragma omp parallel for schedule(static)
+    for (size_t p = 0; p < pieces; p++) {
+        size_t end = (p + 1) * PIECE < n ? (p + 1) * PIECE : n;
+        double s = 0;
+        for (size_t i = p * PIECE; i < end; i++) s += (double)x[i] * x[i];
+        part[p] = s;
+    }
+    double total = 0;
+    for (size_t p = 0; p < pieces; p++) total += part[p];
+    free(part);
+    return total;
+}
+
+static int all_finite_(const float *g, size_t n) {
+    int ok = 1;
+#pragma omp parallel for reduction(&&:ok) schedule(static)
+    for (size_t i = 0; i < n; i++) ok = ok && isfinite(g[i]);
+    return ok;
+}
+
+static void format_eta_(double seconds, char *buf, size_t n) {
+    if (!isfinite(seconds) || seconds < 0) { snprintf(buf, n, "?"); return; }
+    long s = (long)seconds;
+    if (s >= 86400) snprintf(buf, n, "%ldd%02ldh", s / 86400, (s % 86400) / 3600);
+    else snprintf(buf, n, "%02ld:%02ld:%02ld", s / 3600, (s % 3600) / 60, s % 60);
+}
+
+static int is_dir_(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Option resolution: every "auto" value becomes the value in force (recorded in config.txt
+ * and checkpoints); an explicit value that cannot be honoured is refused, never replaced. */
+
+static int resolve_threads_(Trainer *t, char *why, size_t whylen) {
+    if (t->o.threads > 0) { snprintf(why, whylen, "--threads"); return t->o.threads; }
+    const char *slurm = getenv("SLURM_CPUS_PER_TASK");
+    const char *omp = getenv("OMP_NUM_THREADS");
+    if (!(slurm && atoi(slurm) > 0) && omp && atoi(omp) > 0) {
+        snprintf(why, whylen, "OMP_NUM_THREADS=%d", atoi(omp));
+        return atoi(omp);
+    }
+    return resources_default_threads(t->grid.node_size, why, whylen);
+}
+
+/* Learning-rate schedule from the options; fills t->oc. */
+static int resolve_schedule_(Trainer *t, char *err, size_t errlen) {
+    TrainOptions *o = &t->o;
+    OptimKind kind = OPTIM_ADAFACTOR;
+    optim_kind_from_string(o->optimizer, &kind);
+    optim_config_default(&t->oc, kind);
+    LrSchedule *s = &t->oc.lr;
+    if (!strcmp(o->lr_schedule, "auto")) s->kind = kind == OPTIM_ADAFACTOR ? LR_RSQRT : LR_COSINE;
+    else lr_schedule_kind_from_string(o->lr_schedule, &s->kind);
+    if (s->kind == LR_RSQRT) {
+        s->multiplier = o->lr > 0 ? o->lr : 1.0;
+        s->warmup_steps = o->warmup_steps >= 0 ? o->warmup_steps : 10000;
+        if (o->min_lr >= 0 && options_given("min_lr")) {
+            set_error(err, errlen, "--min-lr applies to the cosine schedule only (the rsqrt schedule has none)");
+            return -1;
+        }
+    } else {
+        s->peak_lr = o->lr > 0 ? o->lr : (kind == OPTIM_ADAFACTOR ? 0.01 : 1e-3);
+        s->total_steps = o->steps;
+        if (o->warmup_steps >= 0) {
+            if (o->warmup_steps >= o->steps) {
+                set_error(err, errlen, "cosine --warmup-steps %ld must be smaller than --steps %ld",
+                          o->warmup_steps, o->steps);
+                return -1;
+            }
+            s->warmup_steps = o->warmup_steps;
+        } else {
+            s->warmup_steps = o->steps > 10000 ? 1000 : o->steps / 10;
+        }
+        s->min_lr = o->min_lr >= 0 ? o->min_lr : s->peak_lr * 0.1;
+    }
+    t->oc.weight_decay = o->weight_decay;
+    if (optim_config_validate(&t->oc, err, errlen)) return -1;
+    /* the options now say what is in force */
+    snprintf(o->lr_schedule, sizeof o->lr_schedule, "%s", s->kind == LR_RSQRT ? "rsqrt" : "cosine");
+    o->lr = s->kind == LR_RSQRT ? s->multiplier : s->peak_lr;
+    o->warmup_steps = s->warmup_steps;
+    o->min_lr = s->kind == LR_RSQRT ? 0 : s->min_lr;
+    return 0;
+}
+
+static int resolve_precision_(Trainer *t, char *msg, size_t msglen, char *err, size_t errlen) {
+    GemmConfig gc = {GEMM_FP32, GEMM_BACKEND_OPENBLAS};
+    char why[256] = "";
+    if (!strcmp(t->o.precision, "auto")) {
+        gemm_default_config(&gc, why, sizeof why);
+    } else {
+        gc.precision = !strcmp(t->o.precision, "bf16") ? GEMM_BF16 : GEMM_FP32;
+        gc.backend = gc.precision == GEMM_BF16 ? GEMM_BACKEND_ONEDNN : GEMM_BACKEND_OPENBLAS;
+        snprintf(why, sizeof why, "--precision %s", t->o.precision);
+    }
+    if (gemm_set_config(&gc, err, errlen)) return -1;
+    snprintf(t->o.precision, sizeof t->o.precision, "%s", gc.precision == GEMM_BF16 ? "bf16" : "fp32");
+    snprintf(msg, msglen, "%s (%s)", t->o.precision, why);
+    return 0;
+}
+
+/* Memory one rank needs: parameters, gradients, optimizer state and the activations of one
+ * micro-batch (and the bf16 copies when products run in bf16). */
+static double rank_memory_bytes_(const Trainer *t, int micro) {
+    double params = (double)t5_config_num_params(&t->cfg);
+    double state = strcmp(t->o.optimizer, "adamw") == 0 ? 2 * params : 0.02 * params;
+    if (t->o.zero) state /= t->grid.dp_size;
+    const T5Config *c = &t->cfg;
+    GemmConfig gc;
+    gemm_get_config(&gc);
+    size_t M = (size_t)micro * t->o.dec_len, N = (size_t)micro * t->o.enc_len;
+    size_t widest = (size_t)(c->d_ff > c->d_model ? c->d_ff : c->d_model) * (c->ffn == T5_FFN_GATED_GELU ? 2 : 1);
+    double extra = (double)gemm_extra_bytes(gc.precision, t5_config_num_params(c), M * (size_t)c->vocab_size,
+                                            N * widest, t->threads);
+    return params * 8.0 + state * 4.0 + extra
+         + (double)t5_model_activation_bytes(c, micro, t->o.enc_len, t->o.dec_len);
+}
+
+/* --micro-batch 0: the largest divisor of the rank's rows whose memory fits in 85% of what the
+ * process may use (the job's cgroup or the node, shared by the node's ranks). Every rank takes
+ * the smallest choice made anywhere; a configuration that cannot fit stops before work. */
+static int plan_memory_(Trainer *t, int ranks_on_node, double *avail_out, char *err, size_t errlen) {
+    char why[256] = "";
+    double avail = (double)resources_memory_available(why, sizeof why) / ranks_on_node;
+    int micro = t->o.micro_batch;
+    if (micro == 0) {
+        micro = 1;
+        for (int d = t->local_rows; d >= 1; d--)
+            if (t->local_rows % d == 0 && (avail <= 0 || rank_memory_bytes_(t, d) <= 0.85 * avail)) {
+                micro = d;
+                break;
+            }
+    }
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &micro, 1, MPI_INT, MPI_MIN, t->grid.world));
+    double need = rank_memory_bytes_(t, micro);
+    int fail = avail > 0 && need > avail;
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &fail, 1, MPI_INT, MPI_MAX, t->grid.world));
+    *avail_out = avail;
+    if (fail) {
+        set_error(err, errlen, "%s needs about %.1f GiB per rank (micro-batch %d) but only %.1f GiB are "
+                  "available per rank (%s, %d rank(s) per node); use a smaller --micro-batch (gradients "
+                  "accumulate up to --batch), --zero 1, fewer ranks per node, or more nodes",
+                  t->cfg.name, need / 1073741824.0, micro, avail / 1073741824.0, why, ranks_on_node);
+        return -1;
+    }
+    t->micro = micro;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The batch source: the C4 pipeline or synthetic span-corrupted batches. */
+
+/* This rank's rows of the next batch. Returns 0, 1 when the data is exhausted, -1 on a data
+ * error (the loader printed it). */
+static int next_batch_(Trainer *t, double *wait_s) {
+    *wait_s = 0.0;
+    if (t->loader) return data_loader_next(t->loader, &t->local, wait_s);
+    synthetic_batch(&t->local, t->synthetic_pieces, t->sentinel_top, (uint64_t)t->o.seed, t->step,
+                    t->grid.dp_rank * t->local_rows);
+    return 0;
+}
+
+/* Every file must hold at least one valid record: an empty or corrupt shard among good ones is
+ * named before any work (it would otherwise stop training at step 0). Returns 0 or 1. */
+static int check_files_have_records_(char **files, int n, char *err, size_t errlen) {
+    size_t used = 0;
+    int bad = 0;
+    for (int i = 0; i < n; i++) {
+        C4ReaderOptions ro = {0, -1, NULL};
+        char e[1024] = "";
+        C4Reader *r = c4_reader_open(files[i], &ro, e, sizeof e);
+        C4Document doc;
+        int ok = r && c4_reader_next(r, &doc) == 1;
+        if (r) c4_reader_close(r);
+        if (!ok) {
+            bad++;
+            if (used < errlen)
+                used += (size_t)snprintf(err + used, errlen - used, "%s%s", bad > 1 ? ", " : "", files[i]);
+        }
+    }
+    if (bad) {
+        char list[2048];
+        snprintf(list, sizeof list, "%s", err);
+        set_error(err, errlen, "%d file(s) hold no valid C4 record (empty, not JSON lines with a \"text\" "
+                  "field, or damaged before the first record): %s. HINT: remove them from --data/--val-data "
+                  "(or fix the glob), or re-download them", bad, list);
+    }
+    return bad ? 1 : 0;
+}
+
+static int open_data_(Trainer *t, char *err, size_t errlen) {
+    TrainOptions *o = &t->o;
+    if (o->synthetic) {
+        t->synthetic_pieces = t->cfg.vocab_size - 128;   /* 32000 for T5's 32128 rows */
+        t->sentinel_top = t->synthetic_pieces + 99;
+        return 0;
+    }
+    if (data_expand_globs(o->data, &t->files, &t->n_files, err, errlen)) return -1;
+    DataLoaderConfig *dc = &t->dc;
+    data_loader_config_default(dc);
+    dc->files = (const char **)t->files;
+    dc->n_files = t->n_files;
+    dc->spm_model = o->spm;
+    dc->seed = (uint64_t)o->seed;
+    dc->global_batch = o->batch;
+    dc->n_streams = o->batch;
+    dc->rank = t->grid.dp_rank;
+    dc->world = t->grid.dp_size;
+    dc->enc_len = o->enc_len;
+    dc->dec_len = o->dec_len;
+    dc->prefetch = o->prefetch;
+    dc->max_epochs = o->max_epochs;
+    if (o->val_data[0]) {
+        if (data_expand_globs(o->val_data, &t->val_files, &t->n_val_files, err, errlen)) return -1;
+        t->val_cfg = *dc;
+        t->val_cfg.files = (const char **)t->val_files;
+        t->val_cfg.n_files = t->n_val_files;
+        t->val_cfg.prefetch = 0;
+        t->val_cfg.max_epochs = 1;
+        t->val_cfg.seed = (uint64_t)o->seed + 1;
+        int same = 0;
+        for (int i = 0; i < t->n_val_files; i++)
+            for (int j = 0; j < t->n_files; j++) same += !strcmp(t->val_files[i], t->files[j]);
+        if (same && t->is_root)
+            fprintf(stderr, "t5pretrain: warning: %d validation file(s) are also training files; the "
+                    "validation loss then measures memorisation, not generalisation\n", same);
+    }
+    return 0;
+}
+
+/* Open the loader of this rank's rows (after the model config is known). */
+static int open_loader_(Trainer *t, char *err, size_t errlen) {
+    if (t->o.synthetic) return 0;
+    t->loader = data_loader_open(&t->dc, err, errlen);
+    return t->loader ? 0 : -1;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * One step. */
+
+typedef struct { double ce_sum, z_sum, tokens; } StepSums;
+
+static void reduce_grads_(Trainer *t) {
+    if (t->grid.dp_size == 1) return;
+    const size_t piece = (size_t)1 << 28;   /* MPI counts are ints */
+    for (size_t off = 0; off < t->model.num_params; off += piece) {
+        size_t len = t->model.num_params - off < piece ? t->model.num_params - off : piece;
+        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, t->model.grads + off, (int)len, MPI_FLOAT, MPI_SUM,
+                                t->grid.dp));
+    }
+}
+
+typedef struct {
+    double loss, ce_tok, z_tok, lr, grad_norm, target_tokens, wait_s, step_s;
+} StepResult;
+
+static StepResult last_result_;
+
+int trainer_step(Trainer *t) {
+    StepResult r = {0};
+    mpi_check_set_step(t->step);
+    double t0 = now_seconds();
+    free(t->cursor_before);
+    t->cursor_before = t->loader ? data_loader_cursor_save(t->loader, NULL) : NULL;
+    int rc = next_batch_(t, &r.wait_s);
+    int worst = rc;
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &worst, 1, MPI_INT, MPI_MAX, t->grid.world));
+    int any_error = rc < 0;
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &any_error, 1, MPI_INT, MPI_MAX, t->grid.world));
+    if (any_error) return -1;
+    if (worst == 1) return 1;
+
+    const float loss_scale = 1.0f / (float)((double)t->o.batch * t->o.dec_len);
+    t5_model_zero_grad(&t->model);
+    StepSums ss = {0, 0, 0};
+    for (int row = 0; row < t->local_rows; row += t->micro) {
+        T5Batch mb = t5_batch_slice(&t->local, row, t->micro);
+        T5LossStats st;
+        t5_model_forward(&t->model, &mb, (float)t->o.z_loss, &st);
+        t5_model_backward(&t->model, loss_scale);
+        ss.ce_sum += st.ce_sum;
+        ss.z_sum += st.z_sum;
+        ss.tokens += (double)st.tokens;
+    }
+    reduce_grads_(t);
+    if (t->grid.dp_size > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &ss, 3, MPI_DOUBLE, MPI_SUM, t->grid.dp));
+    if (!all_finite_(t->model.grads, t->model.num_params)) return -2;
+    r.grad_norm = sqrt(sum_squares_(t->model.grads, t->model.num_params));
+    r.lr = optim_step(&t->opt, t->model.params, t->model.grads, t->step);
+    gemm_weights_updated();
+    r.step_s = now_seconds() - t0;
+    r.loss = (ss.ce_sum + t->o.z_loss * ss.z_sum) / ((double)t->o.batch * t->o.dec_len);
+    r.ce_tok = ss.tokens > 0 ? ss.ce_sum / ss.tokens : NAN;
+    r.z_tok = ss.tokens > 0 ? t->o.z_loss * ss.z_sum / ss.tokens : NAN;
+    r.target_tokens = ss.tokens;
+    t->step++;
+    t->tokens += (long long)t->o.batch * t->o.enc_len;
+    t->last_loss = r.loss;
+    if (r.step_s > t->max_step_seconds) t->max_step_seconds = r.step_s;
+    last_result_ = r;
+    return 0;
+}
+
+long trainer_current_step(const Trainer *t) { return t->step; }
+double trainer_last_loss(const Trainer *t) { return t->last_loss; }
+
+/* ---------------------------------------------------------------------------------------------
+ * Validation: mean cross-entropy per target token (no z-loss) over eval_batches batches of the
+ * validation files (seed + 1). Returns 0, or -1 when the validation data failed (every rank). */
+
+static int evaluate_(Trainer *t, int batches, double *loss, double *tokens_out) {
+    char err[1024] = "";
+    DataLoader *val = data_loader_open(&t->val_cfg, err, sizeof err);
+    int failed = val == NULL;
+    double sums[2] = {0, 0};
+    int got = 0;
+    for (int b = 0; !failed && b < batches; b++) {
+        double wait;
+        int rc = data_loader_next(val, &t->local, &wait);
+        if (rc < 0) { failed = 1; snprintf(err, sizeof err, "%s", data_loader_error(val)); break; }
+        if (rc == 1) break;
+        got++;
+        for (int row = 0; row < t->local_rows; row += t->micro) {
+            T5Batch mb = t5_batch_slice(&t->local, row, t->micro);
+            T5LossStats st;
+            t5_model_forward(&t->model, &mb, 0.0f, &st);
+            sums[0] += st.ce_sum;
+            sums[1] += (double)st.tokens;
+        }
+    }
+    data_loader_close(val);
+    int short_data = got < batches;
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &short_data, 1, MPI_INT, MPI_MAX, t->grid.world));
+    if (agree_error_(t, failed, err)) return -1;
+    if (short_data) {
+        if (t->is_root) fprintf(stderr, "t5pretrain: error: the validation data holds fewer than --eval-batches %d batches of %d rows\n", batches, t->o.batch);
+        return -1;
+    }
+    if (t->grid.dp_size > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, t->grid.dp));
+    *tokens_out = sums[1];
+    *loss = sums[1] > 0 ? sums[0] / sums[1] : NAN;
+    return 0;
+}
+
+/* Before any work: can the validation files fill --eval-batches batches? (A run must not train
+ * for hours and then die at its first evaluation.) */
+static int check_validation_(Trainer *t, char *err, size_t errlen) {
+    if (!t->o.val_data[0] || t->o.eval_every <= 0) return 0;
+    DataLoader *val = data_loader_open(&t->val_cfg, err, errlen);
+    int failed = val == NULL, rc = 0;
+    if (val) {
+        rc = data_loader_skip(val, t->o.eval_batches);
+        if (rc < 0) { failed = 1; set_error(err, errlen, "validation data: %s", data_loader_error(val)); }
+        data_loader_close(val);
+    }
+    int short_data = rc == 1;
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &short_data, 1, MPI_INT, MPI_MAX, t->grid.world));
+    if (agree_error_(t, failed, err)) { set_error(err, errlen, "the validation data cannot be read (see above)"); return -1; }
+    if (short_data) {
+        set_error(err, errlen, "--val-data holds fewer than --eval-batches %d batches of --batch %d rows (one "
+                  "epoch); give more validation files, or a smaller --eval-batches or --batch",
+                  t->o.eval_batches, t->o.batch);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Checkpoints. Every data-parallel rank writes the tensors it owns (balanced by size, largest
+ * first; with ZeRO-1 the owners of the optimizer state), so the writing is spread over ranks. */
+
+static int writer_of_(const Trainer *t, int tensor) {
+    /* a pure function of the table and dp size: every rank computes the same owners */
+    int dp = t->grid.dp_size, n = t->model.num_tensors;
+    if (dp == 1) return 0;
+    static int *owner = NULL, owner_n = 0, owner_dp = 0;
+    if (!owner || owner_n != n || owner_dp != dp) {
+        free(owner);
+        owner = xcalloc((size_t)n, sizeof(int));
+        int *order = xcalloc((size_t)n, sizeof(int));
+        double *load = xcalloc((size_t)dp, sizeof(double));
+        for (int i = 0; i < n; i++) order[i] = i;
+        for (int i = 1; i < n; i++)   /* insertion sort by size, largest first (stable) */
+            for (int j = i; j > 0 && t->model.tensors[order[j]].numel > t->model.tensors[order[j - 1]].numel; j--) {
+                int tmp = order[j]; order[j] = order[j - 1]; order[j - 1] = tmp;
+            }
+        for (int k = 0; k < n; k++) {
+            int best = 0;
+            for (int r = 1; r < dp; r++) if (load[r] < load[best]) best = r;
+            owner[order[k]] = best;
+            load[best] += (double)t->model.tensors[order[k]].numel;
+        }
+        free(order);
+        free(load);
+        owner_n = n;
+        owner_dp = dp;
+    }
+    return owner[tensor];
+}
+
+/* Names of optimizer-state pieces of tensor i: up to 2 (kind prefix, numel, shape). */
+typedef struct { char name[160]; int ndim; int64_t shape[2]; size_t numel; const float *data; } StatePiece;
+
+static int state_pieces_(const Trainer *t, int i, StatePiece out[2]) {
+    const T5Tensor *tt = &t->model.tensors[i];
+    const float *st = t->opt.state + t->opt.state_offset[i];
+    if (t->oc.kind == OPTIM_ADAMW) {
+        for (int k = 0; k < 2; k++) {
+            snprintf(out[k].name, sizeof out[k].name, "%s/%s", k ? "adamw_v" : "adamw_m", tt->name);
+            out[k].ndim = tt->ndim;
+            out[k].shape[0] = tt->shape[0];
+            out[k].shape[1] = tt->shape[1];
+            out[k].numel = tt->numel;
+            out[k].data = st + k * tt->numel;
+        }
+        return 2;
+    }
+    if (t->opt.is_factored[i]) {
+        snprintf(out[0].name, sizeof out[0].name, "adafactor_r/%s", tt->name);
+        out[0].ndim = 1; out[0].shape[0] = tt->shape[0]; out[0].shape[1] = 0;
+        out[0].numel = (size_t)tt->shape[0]; out[0].data = st;
+        snprintf(out[1].name, sizeof out[1].name, "adafactor_c/%s", tt->name);
+        out[1].ndim = 1; out[1].shape[0] = tt->shape[1]; out[1].shape[1] = 0;
+        out[1].numel = (size_t)tt->shape[1]; out[1].data = st + tt->shape[0];
+        return 2;
+    }
+    snprintf(out[0].name, sizeof out[0].name, "adafactor_v/%s", tt->name);
+    out[0].ndim = tt->ndim; out[0].shape[0] = tt->shape[0]; out[0].shape[1] = tt->shape[1];
+    out[0].numel = tt->numel; out[0].data = st;
+    return 1;
+}
+
+static char *config_json_(const T5Config *c) {
+    json_t *o = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:b, s:f}",
+                          "name", c->name, "d_model", c->d_model, "d_kv", c->d_kv, "d_ff", c->d_ff,
+                          "num_layers", c->n_enc_layers, "num_decoder_layers", c->n_dec_layers,
+                          "num_heads", c->n_heads, "relative_attention_num_buckets", c->num_buckets,
+                          "relative_attention_max_distance", c->max_distance, "vocab_size", c->vocab_size,
+                          "feed_forward_proj", c->ffn == T5_FFN_GATED_GELU ? "gated-gelu" : "relu",
+                          "tie_word_embeddings", c->tied_embedding, "layer_norm_epsilon", (double)c->layer_norm_eps);
+    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+    json_decref(o);
+    return s;
+}
+
+/* The meta object of the manifest (rank 0). */
+static char *meta_json_(const Trainer *t) {
+    char *opts = options_to_json(&t->o), *cfg = config_json_(&t->cfg);
+    json_error_t je;
+    json_t *meta = json_object();
+    json_object_set_new(meta, "variant", json_string(t->cfg.name));
+    json_object_set_new(meta, "step", json_integer(t->step));
+    json_object_set_new(meta, "tokens", json_integer(t->tokens));
+    json_object_set_new(meta, "elapsed_s", json_real(t->elapsed_before + (now_seconds() - t->t_start)));
+    json_object_set_new(meta, "created_unix", json_real(wall_clock_()));
+    json_object_set_new(meta, "options", json_loads(opts, 0, &je));
+    json_object_set_new(meta, "config", json_loads(cfg, 0, &je));
+    json_object_set_new(meta, "rng", json_pack("{s:s, s:I}", "kind", "counter-based (seed, step)",
+                                               "seed", (json_int_t)t->o.seed));
+    json_object_set_new(meta, "layout", json_pack("{s:i, s:i, s:i, s:i, s:i, s:i}", "world", t->grid.size,
+                                                  "pp", t->grid.pp_size, "dp", t->grid.dp_size,
+                                                  "tp", t->grid.tp_size, "zero", t->o.zero,
+                                                  "threads", t->threads));
+    json_object_set_new(meta, "precision", json_string(t->o.precision));
+    char *s = json_dumps(meta, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
+    json_decref(meta);
+    free(opts);
+    free(cfg);
+    return s;
+}
+
+/* Gather every data-parallel rank's cursor of the step boundary and merge them (rank 0). */
+static char *merged_cursor_(Trainer *t, const char *mine) {
+    if (!t->loader) return NULL;
+    int len = (int)strlen(mine) + 1, n = t->grid.dp_size;
+    int *lens = t->grid.dp_rank == 0 ? xcalloc((size_t)n, sizeof(int)) : NULL;
+    MPI_CHECK(MPI_Gather(&len, 1, MPI_INT, lens, 1, MPI_INT, 0, t->grid.dp));
+    int *displs = NULL;
+    char *all = NULL;
+    if (t->grid.dp_rank == 0) {
+        displs = xcalloc((size_t)n, sizeof(int));
+        long total = 0;
+        for (int i = 0; i < n; i++) { displs[i] = (int)total; total += lens[i]; }
+        all = xmalloc((size_t)total);
+    }
+    MPI_CHECK(MPI_Gatherv(mine, len, MPI_CHAR, all, lens, displs, MPI_CHAR, 0, t->grid.dp));
+    char *merged = NULL;
+    if (t->grid.dp_rank == 0) {
+        const char **bufs = xcalloc((size_t)n, sizeof(char *));
+        size_t *blens = xcalloc((size_t)n, sizeof(size_t));
+        for (int i = 0; i < n; i++) { bufs[i] = all + displs[i]; blens[i] = (size_t)lens[i] - 1; }
+        char err[1024];
+        size_t mlen = 0;
+        merged = data_cursor_merge(bufs, blens, n, &mlen, err, sizeof err);
+        if (!merged) mpi_fatal("this is a bug in the trainer", "cannot merge the data cursors: %s", err);
+        free(bufs);
+        free(blens);
+    }
+    free(lens);
+    free(displs);
+    free(all);
+    return merged;
+}
+
+int trainer_save(Trainer *t, int background) {
+    double t0 = now_seconds();
+    char err[2048] = "";
+    /* the lines the checkpoint covers are on disk before it is committed */
+    if (t->is_root && metrics_sync(t->metrics) != 0)
+        fprintf(stderr, "t5pretrain: warning: cannot fsync metrics.jsonl: %s\n", strerror(errno));
+    if (t->pending_save) {   /* one background save at a time */
+        if (ckpt_save_end(t->pending_save, err, sizeof err) != 0 && t->is_root)
+            fprintf(stderr, "t5pretrain: error: the previous checkpoint was not saved: %s\n", err);
+        t->pending_save = NULL;
+    }
+    char *cursor_now = t->loader ? data_loader_cursor_save(t->loader, NULL) : NULL;
+    char *cursor = merged_cursor_(t, cursor_now);
+    free(cursor_now);
+    int cap = 3 * t->model.num_tensors + 1, n = 0;
+    CkptPiece *pieces = xcalloc((size_t)cap, sizeof *pieces);
+    StatePiece *sp = xcalloc((size_t)2 * t->model.num_tensors, sizeof *sp);
+    int nsp = 0;
+    for (int i = 0; i < t->model.num_tensors; i++) {
+        if (writer_of_(t, i) != t->grid.dp_rank) continue;
+        const T5Tensor *tt = &t->model.tensors[i];
+        char *pname = xmalloc(strlen(tt->name) + 8);
+        sprintf(pname, "param/%s", tt->name);
+        pieces[n++] = (CkptPiece){pname, CKPT_F32, tt->ndim, {tt->shape[0], tt->shape[1]}, 0, tt->numel,
+                                  t->model.params + tt->offset};
+        int k = state_pieces_(t, i, sp + nsp);
+        for (int j = 0; j < k; j++, nsp++)
+            pieces[n++] = (CkptPiece){sp[nsp].name, CKPT_F32, sp[nsp].ndim, {sp[nsp].shape[0], sp[nsp].shape[1]},
+                                      0, sp[nsp].numel, sp[nsp].data};
+    }
+    if (cursor && t->grid.rank == 0)
+        pieces[n++] = (CkptPiece){"data_cursor", CKPT_U8, 1, {(int64_t)strlen(cursor), 0}, 0, strlen(cursor), cursor};
+    char *meta = t->is_root ? meta_json_(t) : NULL;
+    CkptSaveArgs args = {t->o.run_dir, t->step, meta, 0};
+    int rc = 0;
+    if (background) {
+        t->pending_save = ckpt_save_begin(t->grid.world, &args, pieces, n, err, sizeof err);
+        rc = t->pending_save ? 0 : -1;
+    } else {
+        rc = ckpt_save(t->grid.world, &args, pieces, n, err, sizeof err);
+    }
+    for (int i = 0; i < n; i++)
+        if (strncmp(pieces[i].name, "param/", 6) == 0) free((char *)pieces[i].name);
+    free(pieces);
+    free(sp);
+    free(meta);
+    free(cursor);
+    t->last_save_seconds = now_seconds() - t0;
+    if (rc != 0) {
+        if (t->is_root) fprintf(stderr, "t5pretrain: error: checkpoint of step %ld not saved: %s\n", t->step, err);
+        return -1;
+    }
+    t->last_save_time = now_seconds();
+    t->last_saved_step = t->step;
+    if (!background && (t->o.keep_last > 0 || t->o.keep_every > 0) && t->is_root) {
+        if (ckpt_retain(t->o.run_dir, t->o.keep_last, t->o.keep_every, err, sizeof err) < 0)
+            fprintf(stderr, "t5pretrain: warning: retention: %s\n", err);
+    }
+    return 0;
+}
+
+/* Finish a background save (collective) and apply retention. */
+static int finish_background_save_(Trainer *t) {
+    if (!t->pending_save) return 0;
+    char err[2048] = "";
+    int rc = ckpt_save_end(t->pending_save, err, sizeof err);
+    t->pending_save = NULL;
+    if (rc != 0) {
+        if (t->is_root) fprintf(stderr, "t5pretrain: error: checkpoint of step %ld not saved: %s\n", t->last_saved_step, err);
+        return -1;
+    }
+    if ((t->o.keep_last > 0 || t->o.keep_every > 0) && t->is_root &&
+        ckpt_retain(t->o.run_dir, t->o.keep_last, t->o.keep_every, err, sizeof err) < 0)
+        fprintf(stderr, "t5pretrain: warning: retention: %s\n", err);
+    return 0;
+}
+
+/* Open the newest checkpoint of RUN_DIR that verifies; loudly say when it is not `latest`. */
+static Ckpt *open_resume_checkpoint_(const char *run_dir, int verbose, char *err, size_t errlen) {
+    char latest[1400], e2[2048];
+    int nsteps = 0;
+    long *steps = ckpt_list_steps(run_dir, &nsteps);
+    if (ckpt_latest(run_dir, latest, sizeof latest, e2, sizeof e2) != 0 && nsteps == 0) {
+        free(steps);
+        set_error(err, errlen, "--resume: %s holds no checkpoint (%s); start without --resume", run_dir, e2);
+        return NULL;
+    }
+    char tried[4096] = "";
+    size_t used = 0;
+    Ckpt *ck = NULL;
+    /* latest first, then every committed step newest first */
+    for (int k = -1; k < nsteps && !ck; k++) {
+        char dir[1400];
+        if (k < 0) {
+            if (ckpt_latest(run_dir, dir, sizeof dir, e2, sizeof e2) != 0) continue;
+        } else {
+            snprintf(dir, sizeof dir, "%s/ckpt/step_%08ld", run_dir, steps[k]);
+            if (!strcmp(dir, latest)) continue;
+        }
+        if (ckpt_verify(dir, e2, sizeof e2) == 0) ck = ckpt_open(dir, e2, sizeof e2);
+        if (!ck) {
+            if (verbose) fprintf(stderr, "t5pretrain: WARNING: checkpoint %s does not verify: %s\n", dir, e2);
+            if (used < sizeof tried) used += (size_t)snprintf(tried + used, sizeof tried - used, "%s%s", used ? ", " : "", dir);
+        } else if (used && verbose) {
+            fprintf(stderr, "t5pretrain: WARNING: resuming from the older checkpoint %s because %s failed verification\n",
+                    dir, tried);
+        }
+    }
+    free(steps);
+    if (!ck) set_error(err, errlen, "--resume: no checkpoint of %s verifies (tried %s); see the messages above",
+                       run_dir, tried);
+    return ck;
+}
+
+/* Read the options saved in a checkpoint (for --resume's base). malloc'ed JSON text or NULL. */
+static char *checkpoint_options_(const Ckpt *ck) {
+    json_error_t je;
+    json_t *meta = json_loads(ckpt_meta_json(ck), 0, &je);
+    json_t *opts = meta ? json_object_get(meta, "options") : NULL;
+    char *s = opts ? json_dumps(opts, JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
+    json_decref(meta);
+    return s;
+}
+
+/* Restore parameters, optimizer state, step, tokens and data position from ck. */
+static int restore_(Trainer *t, Ckpt *ck, char *err, size_t errlen) {
+    json_error_t je;
+    json_t *meta = json_loads(ckpt_meta_json(ck), 0, &je);
+    if (!meta) { set_error(err, errlen, "checkpoint meta is not JSON"); return -1; }
+    t->step = ckpt_step(ck);
+    t->tokens = (long long)json_integer_value(json_object_get(meta, "tokens"));
+    t->elapsed_before = json_real_value(json_object_get(meta, "elapsed_s"));
+    json_decref(meta);
+    for (int i = 0; i < t->model.num_tensors; i++) {
+        const T5Tensor *tt = &t->model.tensors[i];
+        char name[200];
+        snprintf(name, sizeof name, "param/%s", tt->name);
+        if (ckpt_read(ck, name, 0, tt->numel, t->model.params + tt->offset, err, errlen)) return -1;
+        StatePiece sp[2];
+        int k = state_pieces_(t, i, sp);
+        for (int j = 0; j < k; j++)
+            if (ckpt_read(ck, sp[j].name, 0, sp[j].numel, (float *)sp[j].data, err, errlen)) return -1;
+    }
+    if (t->loader) {
+        CkptDtype dt;
+        int nd;
+        int64_t shape[2];
+        if (ckpt_tensor_info(ck, "data_cursor", &dt, &nd, shape) != 0) {
+            set_error(err, errlen, "the checkpoint has no data cursor (was it saved from a --synthetic run?)");
+            return -1;
+        }
+        char *cur = xcalloc((size_t)shape[0] + 1, 1);
+        int rc = ckpt_read(ck, "data_cursor", 0, (size_t)shape[0], cur, err, errlen);
+        if (rc == 0) rc = data_loader_cursor_restore(t->loader, cur, (size_t)shape[0], err, errlen);
+        free(cur);
+        if (rc) return -1;
+    }
+    gemm_weights_updated();
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Opening a run. */
+
+static int check_run_dir_(const Trainer *t, char *err, size_t errlen) {
+    const char *dir = t->o.run_dir;
+    struct stat st;
+    if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode)) {
+        set_error(err, errlen, "--run-dir %s exists and is not a directory; choose another --run-dir", dir);
+        return -1;
+    }
+    char path[1200];
+    snprintf(path, sizeof path, "%s/ckpt", dir);
+    int has_ckpt = is_dir_(path);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    int has_metrics = stat(path, &st) == 0 && st.st_size > 0;
+    snprintf(path, sizeof path, "%s/final", dir);
+    int has_final = is_dir_(path);
+    if (!t->o.resume && (has_ckpt || has_metrics || has_final)) {
+        set_error(err, errlen, "--run-dir %s already holds a run (%s); continue it with --resume, or choose "
+                  "a new --run-dir", dir, has_ckpt ? "ckpt/" : has_metrics ? "metrics.jsonl" : "final/");
+        return -1;
+    }
+    if (t->o.resume && !has_ckpt) {
+        set_error(err, errlen, "--resume: %s has no ckpt/ directory; start without --resume", dir);
+        return -1;
+    }
+    return 0;
+}
+
+static void print_plan_(const Trainer *t, int world, int ranks_per_node, const char *threads_why,
+                        const char *precision_msg, double avail) {
+    const T5Config *c = &t->cfg;
+    size_t params = t5_config_num_params(c);
+    double mem = rank_memory_bytes_(t, t->micro);
+    printf("t5pretrain: %s | el %d dl %d d_model %d d_ff %d heads %d d_kv %d vocab %d | %zu params (%.2fM)\n",
+           c->name, c->n_enc_layers, c->n_dec_layers, c->d_model, c->d_ff, c->n_heads, c->d_kv,
+           c->vocab_size, params, params / 1e6);
+    printf("t5pretrain: %d rank(s) = pp %d x dp %d x tp %d, %d thread(s) per rank (%s); global batch %d = "
+           "%d dp x %d micro-batch(es) x %d; lengths %d/%d; %s data\n",
+           world, t->o.pp, world / (t->o.pp * t->o.tp), t->o.tp, t->threads, threads_why, t->o.batch,
+           world / (t->o.pp * t->o.tp), t->local_rows / t->micro, t->micro, t->o.enc_len, t->o.dec_len,
+           t->o.synthetic ? "synthetic" : "C4");
+    printf("t5pretrain: %s, %s schedule: lr %g, warmup %ld steps%s; z-loss %g; precision %s\n",
+           t->o.optimizer, t->o.lr_schedule, t->o.lr, t->o.warmup_steps,
+           strcmp(t->o.lr_schedule, "cosine") ? "" : " (cosine to min-lr at --steps)", t->o.z_loss, precision_msg);
+    if (!strcmp(t->o.lr_schedule, "cosine")) printf("t5pretrain: cosine min-lr %g at step %ld\n", t->o.min_lr, t->o.steps);
+    printf("t5pretrain: memory estimate per rank %.1f MiB (micro-batch %d; %.1f GiB available per rank)\n",
+           mem / 1048576.0, t->micro, avail / 1073741824.0);
+    printf("t5pretrain: checkpoints: every %ld steps%s%s, keep last %d%s\n", t->o.save_every,
+           t->o.save_every_minutes > 0 ? " and every " : "", t->o.save_every_minutes > 0 ? "few minutes" : "",
+           t->o.keep_last, t->o.keep_every > 0 ? " and every multiple of --keep-every" : "");
+    json_t *plan = json_pack("{s:s, s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:I, s:s}",
+                             "variant", c->name, "params", (json_int_t)params, "world", world, "pp", t->o.pp,
+                             "dp", world / (t->o.pp * t->o.tp), "tp", t->o.tp, "threads", t->threads,
+                             "micro_batch", t->micro, "memory_per_rank_bytes", mem,
+                             "memory_per_node_bytes", mem * ranks_per_node, "steps", (json_int_t)t->o.steps,
+                             "precision", t->o.precision);
+    char *s = json_dumps(plan, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    printf("plan: %s\n", s);
+    free(s);
+    json_decref(plan);
+    fflush(stdout);
+}
+
+static OptimTensor *optim_table_(const T5Model *m) {
+    OptimTensor *ot = xcalloc((size_t)m->num_tensors, sizeof *ot);
+    for (int i = 0; i < m->num_tensors; i++) {
+        const T5Tensor *tt = &m->tensors[i];
+        ot[i].offset = tt->offset;
+        ot[i].numel = tt->numel;
+        ot[i].rows = tt->ndim == 2 ? tt->shape[0] : (int)tt->numel;
+        ot[i].cols = tt->ndim == 2 ? tt->shape[1] : 0;
+    }
+    return ot;
+}
+
+/* Fill the parameters from a Hugging Face folder (--init-from): same shapes required. */
+static int init_from_hf_(Trainer *t, char *err, size_t errlen) {
+    T5Model src;
+    if (hf_load(t->o.init_from, &src, err, errlen) != 0) return -1;
+    int rc = 0;
+    for (int i = 0; i < t->model.num_tensors && rc == 0; i++) {
+        const T5Tensor *tt = &t->model.tensors[i];
+        int j = t5_model_find_tensor(&src, tt->name);
+        if (j < 0 || src.tensors[j].numel != tt->numel || src.tensors[j].shape[0] != tt->shape[0]) {
+            set_error(err, errlen, "--init-from %s: tensor %s %s (the weights are not of variant %s%s)",
+                      t->o.init_from, tt->name, j < 0 ? "is missing" : "has another shape", t->cfg.name,
+                      t->cfg.tied_embedding ? ", T5 v1.0" : ", T5 v1.1");
+            rc = -1;
+        } else {
+            memcpy(t->model.params + tt->offset, src.params + src.tensors[j].offset, tt->numel * sizeof(float));
+        }
+    }
+    t5_model_free(&src);
+    return rc;
+}
+
+int trainer_open(Trainer **out, TrainOptions *opts, MPI_Comm world) {
+    *out = NULL;
+    Trainer *t = xcalloc(1, sizeof *t);
+    t->o = *opts;
+    TrainOptions *o = &t->o;
+    char err[4096] = "", why[256] = "", precision_msg[512] = "";
+    int code = T5_EXIT_CONFIG;
+    int wrank = 0, wsize = 1;
+    MPI_CHECK(MPI_Comm_rank(world, &wrank));
+    MPI_CHECK(MPI_Comm_size(world, &wsize));
+    t->is_root = wrank == 0;
+    int plan_world = o->dry_run && o->plan_world > 0 ? o->plan_world : wsize;
+    if (options_validate(o, wsize, err, sizeof err)) goto config_fail;
+    if (grid_init(&t->grid, world, o->dry_run && o->plan_world > 0 ? 1 : o->pp,
+                  o->dry_run && o->plan_world > 0 ? 1 : o->tp, err, sizeof err)) goto config_fail;
+    if (o->pp > 1 || o->tp > 1) {
+        set_error(err, sizeof err, "--pp %d --tp %d: pipeline and tensor parallelism are not built into this "
+                  "trainer yet; use data parallelism (--pp 1 --tp 1)", o->pp, o->tp);
+        goto config_fail;
+    }
+    if (o->zero) {
+        set_error(err, sizeof err, "--zero 1 is not built into this trainer yet");
+        goto config_fail;
+    }
+    if (!o->dry_run && check_run_dir_(t, err, sizeof err)) goto config_fail;
+
+    if (t5_config_from_variant(o->variant, &t->cfg, err, sizeof err)) goto config_fail;
+    if (!strcmp(o->t5_version, "1.1")) { t->cfg.ffn = T5_FFN_GATED_GELU; t->cfg.tied_embedding = 0; }
+    t->local_rows = o->batch / (plan_world / (o->pp * o->tp));
+    int ranks_per_node = o->dry_run && o->plan_ranks_per_node > 0 ? o->plan_ranks_per_node : t->grid.node_size;
+    t->threads = resolve_threads_(t, why, sizeof why);
+    blas_runtime_set_threads(t->threads);
+    o->threads = t->threads;
+    if (resolve_schedule_(t, err, sizeof err)) goto config_fail;
+    if (resolve_precision_(t, precision_msg, sizeof precision_msg, err, sizeof err)) goto config_fail;
+
+    /* data: the files are checked here, so a bad file stops the dry run too */
+    if (open_data_(t, err, sizeof err)) goto config_fail;
+    if (!o->synthetic && t->is_root) {
+        int bad = check_files_have_records_(t->files, t->n_files, err, sizeof err);
+        if (!bad && t->n_val_files)
+            bad = check_files_have_records_(t->val_files, t->n_val_files, err, sizeof err);
+        if (bad) fprintf(stderr, "t5pretrain: error: %s\n", err);
+        err[0] = 0;
+        code = bad;
+    } else {
+        code = 0;
+    }
+    MPI_CHECK(MPI_Bcast(&code, 1, MPI_INT, 0, world));
+    if (code) { code = T5_EXIT_CONFIG; goto fail_quiet; }
+    if (!o->synthetic) {
+        int bad = open_loader_(t, err, sizeof err) != 0;
+        if (agree_error_(t, bad, err)) { code = T5_EXIT_CONFIG; goto fail_quiet; }
+        t->cfg.vocab_size = data_loader_vocab_size(t->loader);
+    }
+    if (t5_config_validate(&t->cfg, err, sizeof err)) goto config_fail;
+    double avail = 0;
+    if (plan_memory_(t, ranks_per_node, &avail, err, sizeof err)) goto config_fail;
+    o->micro_batch = t->micro;
+    if (check_validation_(t, err, sizeof err)) goto config_fail;
+
+    if (o->dry_run) {
+        if (t->is_root) print_plan_(t, plan_world, ranks_per_node, why, precision_msg, avail);
+        trainer_close(t);
+        return T5_EXIT_DONE;
+    }
+
+    /* model and optimizer: the same seed on every rank gives identical parameters */
+    t5_model_build(&t->model, &t->cfg);
+    t5_model_init_weights(&t->model, (uint64_t)o->seed);
+    if (o->init_from[0]) {
+        int bad = init_from_hf_(t, err, sizeof err) != 0;
+        if (agree_error_(t, bad, err)) { code = T5_EXIT_CONFIG; goto fail_quiet; }
+    }
+    t->otensors = optim_table_(&t->model);
+    if (optim_init(&t->opt, &t->oc, t->otensors, t->model.num_tensors, t->model.num_params, err, sizeof err))
+        goto config_fail;
+    t5_batch_alloc(&t->local, t->local_rows, o->enc_len, o->dec_len);
+
+    if (o->resume) {
+        Ckpt *ck = open_resume_checkpoint_(o->run_dir, t->is_root, err, sizeof err);
+        int bad = ck == NULL || restore_(t, ck, err, sizeof err) != 0;
+        long steps_saved = ck ? ckpt_step(ck) : -1;
+        if (ck) ckpt_close(ck);
+        if (agree_error_(t, bad, err)) { code = T5_EXIT_FAILURE; goto fail_quiet; }
+        long root_step = steps_saved;
+        MPI_CHECK(MPI_Bcast(&root_step, 1, MPI_LONG, 0, world));
+        if (agree_error_(t, root_step != steps_saved, "ranks opened different checkpoints (a save was committed while resuming?)")) {
+            code = T5_EXIT_FAILURE;
+            goto fail_quiet;
+        }
+        if (t->step >= o->steps && t->is_root)
+            printf("t5pretrain: the checkpoint is at step %ld >= --steps %ld: nothing to train (give a larger --steps)\n",
+                   t->step, o->steps);
+    }
+    t->step_flops = t5_model_flops_per_step(&t->cfg, o->batch, o->enc_len, o->dec_len);
+    t->estimate_bytes = (size_t)rank_memory_bytes_(t, t->micro);
+
+    /* MFU against the peak of this machine now, measured by all ranks together. */
+    MPI_CHECK(MPI_Barrier(world));
+    GemmPeak peak;
+    GemmConfig gcfg;
+    gemm_get_config(&gcfg);
+    int disturbed = 0;
+    if (gemm_measure_peak(gcfg.precision, 2048, t->threads, 5, &peak, err, sizeof err) == 0) {
+        t->peak_gflops = peak.best_gflops;
+        disturbed = peak.disturbed;
+    }
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &t->peak_gflops, 1, MPI_DOUBLE, MPI_SUM, world));
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &disturbed, 1, MPI_INT, MPI_MAX, world));
+
+    if (t->is_root) {
+        print_plan_(t, wsize, ranks_per_node, why, precision_msg, avail);
+        printf("t5pretrain: BLAS %s\n", blas_runtime_describe());
+        printf("t5pretrain: GEMM %s\n", gemm_describe());
+        printf("t5pretrain: %.3f TFLOP per step (t5-spec.md section 8); %s matmul peak measured now: %.1f GFLOP/s (all ranks)%s\n",
+               t->step_flops / 1e12, o->precision, t->peak_gflops,
+               disturbed ? " (the measurement varied: the machine looks busy; MFU may read high)" : "");
+        if (o->resume) printf("t5pretrain: resumed at step %ld (%lld tokens seen)\n", t->step, t->tokens);
+        fflush(stdout);
+        if (mkdir_p(o->run_dir) != 0)
+            mpi_fatal("choose a writable --run-dir", "cannot create run directory '%s': %s", o->run_dir, strerror(errno));
+        char path[1200];
+        snprintf(path, sizeof path, "%s/metrics.jsonl", o->run_dir);
+        t->metrics = o->resume ? metrics_open_resume(path, t->step, err, sizeof err) : metrics_open(path, err, sizeof err);
+        if (!t->metrics) mpi_fatal("check --run-dir", "%s", err);
+        snprintf(path, sizeof path, "%s/config.txt", o->run_dir);
+        char *text = NULL;
+        size_t len = 0;
+        FILE *mem = open_memstream(&text, &len);
+        options_print(o, mem);
+        fclose(mem);
+        if (write_file_atomic(path, text, len) != 0)
+            mpi_fatal("check free disk space of --run-dir", "cannot write %s: %s", path, strerror(errno));
+        free(text);
+    }
+    MPI_CHECK(MPI_Barrier(world));
+    t->t_start = now_seconds();
+    t->last_save_time = t->t_start;
+    t->last_saved_step = o->resume ? t->step : -1;
+    *opts = *o;
+    *out = t;
+    return T5_EXIT_DONE;
+
+config_fail:
+    config_error_(t, err);
+    code = T5_EXIT_CONFIG;
+fail_quiet:
+    trainer_close(t);
+    return code;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The run loop. */
+
+enum { STOP_NONE = 0, STOP_SIGNAL = 1, STOP_DEADLINE = 2 };
+
+static void write_metrics_(Trainer *t, const StepResult *r, double val_loss, double val_tokens) {
+    MetricsWriter *w = t->metrics;
+    double gflops = t->step_flops / r->step_s / 1e9;
+    metrics_begin(w);
+    metrics_int(w, "step", t->step);
+    metrics_num(w, "loss", r->loss);
+    metrics_num(w, "ce", r->ce_tok);
+    metrics_num(w, "z_loss", r->z_tok);
+    metrics_num(w, "lr", r->lr);
+    metrics_num(w, "grad_norm", r->grad_norm);
+    metrics_num(w, "param_rms", sqrt(sum_squares_(t->model.params, t->model.num_params) / (double)t->model.num_params));
+    metrics_int(w, "tokens", t->tokens);
+    metrics_num(w, "target_tokens", r->target_tokens);
+    metrics_num(w, "tokens_per_s", (double)t->o.batch * t->o.enc_len / r->step_s);
+    metrics_num(w, "gflops", gflops);
+    metrics_num(w, "mfu", t->peak_gflops > 0 ? gflops / t->peak_gflops : 0);
+    metrics_num(w, "step_s", r->step_s);
+    metrics_num(w, "data_wait_s", r->wait_s);
+    metrics_num(w, "elapsed_s", t->elapsed_before + (now_seconds() - t->t_start));
+    if (!isnan(val_loss)) {
+        metrics_num(w, "val_loss", val_loss);
+        metrics_num(w, "val_neg_log_perplexity", -val_loss);
+        metrics_num(w, "val_tokens", val_tokens);
+    }
+    if (metrics_end(w) != 0) fprintf(stderr, "t5pretrain: warning: cannot write metrics.jsonl: %s\n", strerror(errno));
+}
+
+static void print_progress_(const Trainer *t, const StepResult *r, double val_loss, double run_steps_s) {
+    char eta[32];
+    format_eta_(run_steps_s * (double)(t->o.steps - t->step), eta, sizeof eta);
+    double gflops = t->step_flops / r->step_s / 1e9;
+    printf("step %ld/%ld | loss %.4f | ce/token %.4f | lr %.3g | grad norm %.3g | %.0f tok/s | %.1f GFLOP/s | "
+           "MFU %.1f%% | data wait %.0f ms | ETA %s", t->step, t->o.steps, r->loss, r->ce_tok, r->lr,
+           r->grad_norm, (double)t->o.batch * t->o.enc_len / r->step_s, gflops,
+           t->peak_gflops > 0 ? 100 * gflops / t->peak_gflops : 0, 1000 * r->wait_s, eta);
+    if (!isnan(val_loss)) printf(" | val loss %.4f", val_loss);
+    printf("\n");
+    fflush(stdout);
+}
+
+/* Save a checkpoint and HF weights at the end, or after a failure (best effort). */
+static int save_final_(Trainer *t) {
+    if (t->last_saved_step != t->step && trainer_save(t, 0) != 0) return -1;
+    if (t->grid.rank == 0) {
+        char dir[1200], err[1024];
+        snprintf(dir, sizeof dir, "%s/final", t->o.run_dir);
+        HfSaveOpts ho = {1, t->o.spm[0] ? t->o.spm : NULL};
+        if (hf_save_folder(dir, &t->model, &ho, err, sizeof err) != 0) {
+            fprintf(stderr, "t5pretrain: error: cannot write %s: %s\n", dir, err);
+            return -1;
+        }
+        printf("t5pretrain: wrote %s (Hugging Face config.json + model.safetensors) at step %ld\n", dir, t->step);
+    }
+    return 0;
+}
+
+int trainer_run(Trainer *t) {
+    TrainOptions *o = &t->o;
+    int code = T5_EXIT_DONE;
+    double run_t0 = now_seconds();
+    long run_step0 = t->step;
+    while (t->step < o->steps) {
+        /* one collective decision per step: stop (signal or deadline) and time-based saves */
+        int decide[2] = {stop_signal_ ? STOP_SIGNAL : STOP_NONE, 0};
+        if (t->is_root) {
+            double now = wall_clock_();
+            double need = 2 * t->max_step_seconds + t->last_save_seconds + o->end_time_margin;
+            if (o->end_time > 0 && now + need >= o->end_time && decide[0] == STOP_NONE) decide[0] = STOP_DEADLINE;
+            if (o->save_every_minutes > 0 && now_seconds() - t->last_save_time >= 60 * o->save_every_minutes)
+                decide[1] = 1;
+        }
+        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, decide, 2, MPI_INT, MPI_MAX, t->grid.world));
+        if (decide[0] != STOP_NONE) {
+            ROOT_PRINTF(t, "t5pretrain: %s; saving a checkpoint at step %ld and stopping (exit %d: resume with --resume)\n",
+                        decide[0] == STOP_SIGNAL ? "stop requested by a signal" : "the --end-time deadline is near",
+                        t->step, T5_EXIT_STOPPED);
+            if (finish_background_save_(t) != 0) return T5_EXIT_FAILURE;
+            if (t->last_saved_step != t->step && trainer_save(t, 0) != 0) return T5_EXIT_FAILURE;
+            return T5_EXIT_STOPPED;
+        }
+        if (decide[1] && t->last_saved_step != t->step && trainer_save(t, 1) != 0) code = T5_EXIT_FAILURE;
+
+        int rc = trainer_step(t);
+        if (rc == 1) {
+            ROOT_PRINTF(t, "t5pretrain: training data exhausted after step %ld (--max-epochs %d)\n", t->step, o->max_epochs);
+            code = T5_EXIT_EXHAUSTED;
+            break;
+        }
+        if (rc < 0) {
+            if (t->is_root)
+                fprintf(stderr, "t5pretrain: error: step %ld: %s; the step was not applied. Saving the state of step %ld.\n"
+                        "HINT: %s\n", t->step + 1, rc == -2 ? "non-finite gradient" : "the data loader failed (see above)",
+                        t->step, rc == -2 ? "lower the learning rate, or inspect the batch with t5data dump-batch --step S"
+                                          : "fix or remove the file named above and resume with --resume");
+            finish_background_save_(t);
+            if (t->step > 0 && t->last_saved_step != t->step) trainer_save(t, 0);
+            return T5_EXIT_FAILURE;
+        }
+        StepResult r = last_result_;
+        double val_loss = NAN, val_tokens = 0;
+        if (o->eval_every > 0 && (t->step % o->eval_every == 0 || t->step == o->steps)) {
+            if (evaluate_(t, o->eval_batches, &val_loss, &val_tokens) != 0) {
+                if (t->is_root) fprintf(stderr, "t5pretrain: error: validation failed at step %ld; saving a checkpoint first\n", t->step);
+                finish_background_save_(t);
+                trainer_save(t, 0);
+                return T5_EXIT_FAILURE;
+            }
+        }
+        if (t->is_root) {
+            write_metrics_(t, &r, val_loss, val_tokens);
+            if (t->step % o->log_every == 0 || t->step == o->steps || !isnan(val_loss))
+                print_progress_(t, &r, val_loss, (now_seconds() - run_t0) / (double)(t->step - run_step0));
+        }
+        if (o->save_every > 0 && t->step % o->save_every == 0 && t->step < o->steps) {
+            if (finish_background_save_(t) != 0) code = T5_EXIT_FAILURE;
+            if (trainer_save(t, 1) != 0) code = T5_EXIT_FAILURE;
+        }
+        if (code == T5_EXIT_FAILURE) {
+            ROOT_PRINTF(t, "t5pretrain: stopping: a checkpoint could not be written (see above); the last committed one is intact\n");
+            finish_background_save_(t);
+            return T5_EXIT_FAILURE;
+        }
+    }
+    if (finish_background_save_(t) != 0) return T5_EXIT_FAILURE;
+    if (t->is_root && t->loader) {
+        printf("t5pretrain: data read by rank 0:\n");
+        data_loader_print_stats(t->loader, stdout);
+    }
+    if (save_final_(t) != 0) return T5_EXIT_FAILURE;
+    if (t->is_root)
+        printf("t5pretrain: checkpoint %s/ckpt/step_%08ld; metrics in %s/metrics.jsonl; peak RSS %.1f MiB (estimate %.1f MiB)\n",
+               o->run_dir, t->step, o->run_dir, peak_rss_bytes() / 1048576.0, t->estimate_bytes / 1048576.0);
+    return code;
+}
+
+void trainer_close(Trainer *t) {
+    if (!t) return;
+    if (t->pending_save) finish_background_save_(t);
+    metrics_close(t->metrics);
+    t5_batch_free(&t->local);
+    optim_free(&t->opt);
+    free(t->otensors);
+    if (t->model.params) t5_model_free(&t->model);
+    if (t->loader) data_loader_close(t->loader);
+    data_free_files(t->files, t->n_files);
+    data_free_files(t->val_files, t->n_val_files);
+    free(t->cursor_before);
+    gemm_release();
+    if (t->grid.world != MPI_COMM_NULL && t->grid.size > 0) grid_free(&t->grid);
+    free(t);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Options for --resume: the checkpoint's options are the base, the command line overrides the
+ * ones that may change, and the ones that may not are compared. */
+
+int trainer_options_for_resume(TrainOptions *o, int argc, char **argv, int rank, char *err, size_t errlen) {
+    Ckpt *ck = open_resume_checkpoint_(o->run_dir, 0, err, errlen);
+    if (!ck) return -1;
+    char *base = checkpoint_options_(ck);
+    ckpt_close(ck);
+    if (!base) { set_error(err, errlen, "the checkpoint of %s holds no options", o->run_dir); return -1; }
+    TrainOptions saved, now;
+    options_defaults(&saved);
+    if (args_apply_json(options_parser(), &saved, base, 1, "checkpoint options", err, errlen)) { free(base); return -1; }
+    options_defaults(&now);
+    int rc = options_parse(&now, argc, argv, base, NULL, err, errlen);
+    free(base);
+    if (rc) return -1;
+    /* values that belong to one job, or to the layout of the earlier run, start afresh unless given */
+    TrainOptions dflt;
+    options_defaults(&dflt);
+    if (!options_given("threads")) now.threads = dflt.threads;
+    if (!options_given("micro_batch")) now.micro_batch = dflt.micro_batch;
+    if (!options_given("end_time")) now.end_time = dflt.end_time;
+    if (!options_given("init_from")) now.init_from[0] = 0;
+    now.resume = 1;
+    if (options_check_resume(&now, &saved, err, errlen)) return -1;
+    (void)rank;
+    *o = now;
+    return 0;
+}
