@@ -48,7 +48,11 @@ cluster_start() {
 
 watchdog() {
     local secs=$1 me=$$
-    ( sleep "$secs"; echo "FAIL watchdog: the test ran over ${secs} s"; kill -TERM "$me" ) &
+    # the sleep is killed with the watchdog, so no stray process keeps the test's output open
+    ( trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+      sleep "$secs" & sp=$!
+      wait "$sp" || exit 0
+      echo "FAIL watchdog: the test ran over ${secs} s"; kill -TERM "$me" ) &
     WATCHDOG_PID=$!
 }
 
