@@ -137,17 +137,19 @@ else fail submit_dry_run_prints_script_and_plan "rc=$rc $(echo "$out" | grep -E 
 # --- a 3-variant array of real runs --------------------------------------------------------------
 t0=$SECONDS
 out=$("$J/t5sweep" --variants tiny-nl2,tiny-nh1,small-dm128 --run-root "$T/sweep" --time 10 \
+      --eval --eval-batches 2 --export "$T/hf" \
       -- --data "$DATA" --spm "$SPM" --val-data "$VAL" --eval-every 2 --eval-batches 1 \
          --steps 4 --batch 2 --enc-len 64 --dec-len 16 --threads 1 --save-every 2 2>&1); rc=$?
 array=$(echo "$out" | sed -n 's/^array \([0-9]*\):.*/\1/p')
 if [ "$rc" -eq 0 ] && [ -n "$array" ] && [ "$(echo "$out" | grep -c "^  ${array}_[0-2] ")" -eq 3 ]; then
     pass sweep_submits_one_array_of_three
 else fail sweep_submits_one_array_of_three "rc=$rc $out"; fi
-all_done() {
-    local i st
-    for i in 0 1 2; do
-        st=$(job_field "${array}_$i" JobState)
-        case "$st" in COMPLETED) ;; FAILED|CANCELLED|TIMEOUT|NODE_FAIL) return 0 ;; *) return 1 ;; esac
+followups=$(echo "$out" | sed -n 's/.*follow-up \([0-9]*\)$/\1/p')
+all_done() {  # every element and follow-up job has ended
+    local j st
+    for j in "${array}_0" "${array}_1" "${array}_2" $followups; do
+        st=$(job_field "$j" JobState)
+        case "$st" in COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL) ;; *) return 1 ;; esac
     done
 }
 [ -n "$array" ] && wait_for 240 all_done
@@ -170,10 +172,27 @@ else
     fail sweep_three_variants_done_in_status "$st"
     tail -n 20 "$T"/sweep/*/slurm-*.out "$T"/sweep/logs/* 2>/dev/null | head -60
 fi
+# the follow-up jobs (afterok on each element): validation neg-log-perplexity and a Hugging Face export
+ok=0
+for v in t5-efficient-tiny-nl2 t5-efficient-tiny-nh1 t5-efficient-small-dm128; do
+    python3 -c "import json,sys; r=json.load(open(sys.argv[1])); assert r['neg_log_perplexity'] < 0 and r['batches'] == 2" \
+        "$T/sweep/$v/eval.json" 2>/dev/null && [ -s "$T/hf/$v/model.safetensors" ] && [ -s "$T/hf/$v/config.json" ] \
+        && [ -s "$T/hf/$v/spiece.model" ] && ok=$((ok + 1))
+done
+[ "$(echo $followups | wc -w)" -eq 3 ] && [ "$ok" -eq 3 ] && pass sweep_followups_eval_and_export \
+    || fail sweep_followups_eval_and_export "follow-ups '$followups', $ok of 3 complete: $(tail -5 "$T"/sweep/*/followup-*.out 2>&1)"
 table=$("$J/t5status" "$T"/sweep/t5-efficient-*)
 [ "$(echo "$table" | grep -c " done ")" -eq 3 ] && pass sweep_status_table_rows || fail sweep_status_table_rows "$table"
 "$J/t5plot" "$T"/sweep/t5-efficient-* -o "$T/sweep.png" >/dev/null 2>&1 && [ -s "$T/sweep.png" ] \
     && pass sweep_plot || fail sweep_plot "no $T/sweep.png"
+
+# --- mpirun inside the allocation instead of srun --------------------------------------------------
+job=$("$J/t5submit" --variant tiny-nl2 --run-dir "$T/mpirun" --ntasks-per-node 2 --time 5 --launcher mpirun \
+      -- --data "$DATA" --spm "$SPM" --steps 3 --batch 2 --enc-len 64 --dec-len 16 --threads 1 2>"$T/mpirun.log")
+if [ -n "$job" ] && wait_job "$job" 120 COMPLETED FAILED CANCELLED TIMEOUT && [ "$(job_field "$job" JobState)" = COMPLETED ] \
+   && [ -s "$T/mpirun/final/model.safetensors" ] && grep -q "launch: mpirun -np 2" "$T/mpirun/slurm-$job.out"; then
+    pass submit_with_mpirun_launcher
+else fail submit_with_mpirun_launcher "job '$job' $(job_field "$job" JobState): $(cat "$T/mpirun.log"; tail -5 "$T"/mpirun/slurm-*.out)"; fi
 
 # --- stop: every daemon gone (by pid), jobs cancelled first --------------------------------------
 pids=$(cat "$CLUSTER_DIR"/run/*.pid 2>/dev/null)
