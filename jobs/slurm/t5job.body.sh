@@ -19,7 +19,8 @@
 #      waits; SIGUSR1 (sbatch --signal=B:USR1@S, or scancel -b -s USR1) is forwarded to the
 #      ranks as a stop request. SIGTERM is not forwarded: Slurm sends it to the job's steps
 #      itself (requeue, cancel, time limit) and a second stop signal would end the trainer
-#      without a checkpoint.
+#      without a checkpoint. (With mpirun the ranks do not see that SIGTERM: mpirun ends them,
+#      and the next run resumes from the last periodic checkpoint, --save-every.)
 #   5. on the trainer's exit code:
 #        0   finished: "done", the job ends COMPLETED
 #        75  stopped with a committed checkpoint: after a SIGUSR1 or the end-time deadline the
@@ -157,6 +158,14 @@ case "$rc" in
     *)
         ck=$(latest_ckpt || echo none)
         if [ "$rc" -gt 128 ]; then what="killed by signal $((rc - 128))"; else what="exit code $rc"; fi
+        if [ "$stop_signal" = TERM ]; then
+            # Slurm is ending this run (requeue, cancel, time limit). mpirun ends its ranks on
+            # SIGTERM without passing it on, so they could not checkpoint: the next run resumes
+            # from the last periodic checkpoint.
+            event stopped "$ck (SIGTERM; $what before a checkpoint at the signal)"
+            log "ended by SIGTERM ($what); the next run resumes from checkpoint $ck"
+            exit "$rc"
+        fi
         event failed "$what; last checkpoint $ck"
         log "ERROR: the training step failed ($what): a rank died or failed (see the srun/mpirun" \
             "lines above for which task). Last committed checkpoint: $ck." \
