@@ -156,8 +156,20 @@ def check_run_dir(run_dir, variant):
 
 # ---- the trainer's plan ----------------------------------------------------------------------
 
-def plan(variant, world, ranks_per_node, cpus_per_task, pp, trainer_args):
-    """Run t5pretrain --dry-run --plan-world ... and return the JSON of its 'plan:' line."""
+def node_memory_mb(part):
+    """The memory one node of the partition gives a job (RealMemory, or MaxMemPerNode if lower)."""
+    if not part:
+        return None
+    mb = part["node_mem_mb"]
+    if part.get("max_mem_per_node_mb"):
+        mb = min(mb, part["max_mem_per_node_mb"])
+    return mb
+
+
+def plan(variant, world, ranks_per_node, cpus_per_task, pp, trainer_args, part=None):
+    """Run t5pretrain --dry-run --plan-world ... and return the JSON of its 'plan:' line. With a
+    partition, the trainer plans for its nodes' memory (T5_PLAN_NODE_MEMORY_MB, see
+    common/resources.h), not for this login node's."""
     tr = trainer_path()
     with tempfile.TemporaryDirectory(prefix="t5plan.") as tmp:
         cmd = [tr, "--dry-run", "--variant", variant, "--plan-world", str(world),
@@ -170,14 +182,18 @@ def plan(variant, world, ranks_per_node, cpus_per_task, pp, trainer_args):
         cmd += args + ["--run-dir", os.path.join(tmp, "run")]
         env = dict(os.environ, SLURM_CPUS_PER_TASK=str(cpus_per_task), OMP_NUM_THREADS=str(cpus_per_task))
         env.pop("SLURM_JOB_ID", None)
+        env.pop("T5_PLAN_NODE_MEMORY_MB", None)
+        if part:
+            env["T5_PLAN_NODE_MEMORY_MB"] = str(node_memory_mb(part))
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
         except subprocess.TimeoutExpired:
             raise Refused("the trainer's plan (%s) did not finish in 600 s" % " ".join(cmd))
     lines = (out.stdout + "\n" + out.stderr).strip().splitlines()
     if out.returncode != 0:
-        raise Refused("the trainer refused this configuration (exit %d):\n  %s" %
-                      (out.returncode, "\n  ".join(lines[-8:])))
+        where = (" for the nodes of partition %s (%d MB each)" % (part["name"], node_memory_mb(part))) if part else ""
+        raise Refused("the trainer refused this configuration%s (exit %d):\n  %s" %
+                      (where, out.returncode, "\n  ".join(lines[-8:])))
     for line in reversed(out.stdout.splitlines()):
         if line.startswith("plan: "):
             try:
@@ -273,14 +289,13 @@ def job_info(job_id):
 
 
 def mem_request_mb(plan_json, part):
-    """--mem per node: the trainer's per-node estimate plus 15% and 512 MiB for the runtime."""
-    need = int(plan_json.get("memory_per_node_bytes") or 0)
-    mb = int(need * 1.15 / 1048576) + 512
+    """--mem per node: the trainer's per-node estimate / 0.85 (the trainer keeps its estimate
+    within 85% of what the job's cgroup allows) plus 512 MiB for MPI and the runtime, at most
+    what a node has."""
+    need = float(plan_json.get("memory_per_node_bytes") or 0)
+    mb = int(need / 0.85 / 1048576) + 512
     if part:
-        cap = part["node_mem_mb"]
-        if part.get("max_mem_per_node_mb"):
-            cap = min(cap, part["max_mem_per_node_mb"])
-        mb = min(mb, cap)
+        mb = min(mb, node_memory_mb(part))
     return mb
 
 

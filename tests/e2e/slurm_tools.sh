@@ -108,7 +108,7 @@ refused() {  # refused NAME WANT COMMAND...: exit 2, message contains WANT, noth
     local name=$1 want=$2; shift 2
     local msg rc
     msg=$("$@" 2>&1); rc=$?
-    if [ "$rc" -eq 2 ] && echo "$msg" | grep -q -- "$want" && [ -z "$(squeue -h -o %i)" ]; then pass "$name"
+    if [ "$rc" -eq 2 ] && echo "$msg" | tr '\n' ' ' | grep -q -- "$want" && [ -z "$(squeue -h -o %i)" ]; then pass "$name"
     else fail "$name" "rc=$rc queue='$(squeue -h -o %i | tr '\n' ' ')' message: $msg"; fi
 }
 refused submit_unknown_variant "unknown variant 'tiny-nl99x'.*Nearest" \
@@ -117,7 +117,7 @@ refused submit_unknown_variant "unknown variant 'tiny-nl99x'.*Nearest" \
 mkdir -p "$T/other"; printf 'variant = t5-efficient-mini\nsteps = 9\n' > "$T/other/config.txt"; echo '{}' > "$T/other/metrics.jsonl"
 refused submit_run_dir_of_other_variant "holds a run of t5-efficient-mini, not t5-efficient-tiny" \
     "$J/t5submit" --variant tiny --run-dir "$T/other" -- --synthetic --steps 2
-refused submit_memory_over_partition "cannot hold it: its nodes have 2.9 GiB" \
+refused submit_memory_over_partition "for the nodes of partition debug (3000 MB each).*needs about" \
     "$J/t5submit" --variant large --run-dir "$T/big" -- --synthetic --steps 2
 refused submit_more_cpus_than_node "CPUs, but the nodes of partition debug have" \
     "$J/t5submit" --variant tiny --run-dir "$T/cpus" --ntasks-per-node 2 --cpus-per-task 8 -- --synthetic --steps 2 --batch 2
@@ -139,7 +139,7 @@ t0=$SECONDS
 out=$("$J/t5sweep" --variants tiny-nl2,tiny-nh1,small-dm128 --run-root "$T/sweep" --time 10 \
       --eval --eval-batches 2 --export "$T/hf" \
       -- --data "$DATA" --spm "$SPM" --val-data "$VAL" --eval-every 2 --eval-batches 1 \
-         --steps 4 --batch 2 --enc-len 64 --dec-len 16 --threads 1 --save-every 2 2>&1); rc=$?
+         --steps 4 --batch 2 --enc-len 64 --dec-len 16 --save-every 2 2>&1); rc=$?
 array=$(echo "$out" | sed -n 's/^array \([0-9]*\):.*/\1/p')
 if [ "$rc" -eq 0 ] && [ -n "$array" ] && [ "$(echo "$out" | grep -c "^  ${array}_[0-2] ")" -eq 3 ]; then
     pass sweep_submits_one_array_of_three
@@ -181,6 +181,10 @@ for v in t5-efficient-tiny-nl2 t5-efficient-tiny-nh1 t5-efficient-small-dm128; d
 done
 [ "$(echo $followups | wc -w)" -eq 3 ] && [ "$ok" -eq 3 ] && pass sweep_followups_eval_and_export \
     || fail sweep_followups_eval_and_export "follow-ups '$followups', $ok of 3 complete: $(tail -5 "$T"/sweep/*/followup-*.out 2>&1)"
+# threads from the job (--cpus-per-task 1), not from the node's cores
+n=$(grep -l "1 thread(s) per rank (SLURM_CPUS_PER_TASK=1)" "$T"/sweep/t5-efficient-*/slurm-*.out 2>/dev/null | wc -l)
+[ "$n" -eq 3 ] && pass trainer_threads_from_slurm_cpus_per_task \
+    || fail trainer_threads_from_slurm_cpus_per_task "$n of 3 logs: $(grep -h 'thread(s) per rank' "$T"/sweep/*/slurm-*.out)"
 table=$("$J/t5status" "$T"/sweep/t5-efficient-*)
 [ "$(echo "$table" | grep -c " done ")" -eq 3 ] && pass sweep_status_table_rows || fail sweep_status_table_rows "$table"
 "$J/t5plot" "$T"/sweep/t5-efficient-* -o "$T/sweep.png" >/dev/null 2>&1 && [ -s "$T/sweep.png" ] \
