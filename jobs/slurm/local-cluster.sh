@@ -11,7 +11,8 @@
 #   local-cluster.sh env DIR      prints "export SLURM_CONF=DIR/etc/slurm.conf"
 #
 # Environment for start: T5_CLUSTER_MEM_MB (node RealMemory, default what `slurmd -C` reports),
-# T5_CLUSTER_PARTITION (default "debug"), T5_CLUSTER_MAXTIME (partition MaxTime, default 30).
+# T5_CLUSTER_PARTITION (default "debug"), T5_CLUSTER_MAXTIME (partition MaxTime, default 30),
+# T5_CLUSTER_SMALL_MB (adds a partition "small" on the same node with MaxMemPerNode=that).
 # Needs root (munged and slurmd as root) and Debian's slurm-wlm and munge packages.
 #
 # Daemons are stopped by the pid in their pid file only, and only if /proc/PID/exe is the daemon
@@ -139,6 +140,9 @@ ReturnToService=2
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus Boards=$boards SocketsPerBoard=$sockets CoresPerSocket=$cores ThreadsPerCore=$threads RealMemory=$mem State=UNKNOWN
 PartitionName=${T5_CLUSTER_PARTITION:-debug} Nodes=$host Default=YES MaxTime=${T5_CLUSTER_MAXTIME:-30} State=UP
 EOF
+    if [ -n "${T5_CLUSTER_SMALL_MB:-}" ]; then
+        echo "PartitionName=small Nodes=$host MaxMemPerNode=$T5_CLUSTER_SMALL_MB MaxTime=${T5_CLUSTER_MAXTIME:-30} State=UP" >> "$conf"
+    fi
     export SLURM_CONF=$conf
     slurmctld -f "$conf" >>"$dir/log/slurmctld.out" 2>&1 \
         || die "slurmctld did not start: $(tail -5 "$dir/log/slurmctld.log" 2>/dev/null)"
@@ -146,7 +150,7 @@ EOF
         || die "slurmd did not start: $(tail -5 "$dir/log/slurmd.log" 2>/dev/null)"
     local state=""
     for i in $(seq 300); do
-        state=$(timeout 5 sinfo -h -N -o '%T' 2>/dev/null | head -1)
+        state=$(timeout 5 sinfo -h -N -p "${T5_CLUSTER_PARTITION:-debug}" -o '%T' 2>/dev/null | head -1)
         [ "$state" = idle ] && break
         sleep 0.1
     done

@@ -4,6 +4,7 @@
 # cluster's start and stop by pid file, refusals before submitting (unknown variant, a run
 # directory of another variant, a model the partition's memory cannot hold, more CPUs than a
 # node has), and a 3-variant job array of real training runs that t5status reports.
+# T5_SLURM_LONG=1 adds a dry run of all 100 published variants (about 35 s of plans).
 source "$(dirname "$0")/lib.bash"
 source "$ROOT/tests/slurm/cluster.bash"
 cd "$ROOT"
@@ -92,14 +93,16 @@ else fail plot_png_has_both_runs "$(cat "$T/plot.log")"; fi
 
 # --- the cluster: start, daemons by pid file ---------------------------------------------------
 t0=$SECONDS
-cluster_start T5_CLUSTER_MEM_MB=3000
+cluster_start T5_CLUSTER_SMALL_MB=3000
 alive=0
 for d in munged slurmctld slurmd; do
     pid=$(cat "$CLUSTER_DIR/run/$d.pid" 2>/dev/null)
     [ -n "$pid" ] && [ "$(readlink -f /proc/$pid/exe)" = "$(readlink -f /usr/sbin/$d)" ] && alive=$((alive + 1))
 done
-state=$(sinfo -h -N -o '%T %m')
-if [ "$alive" -eq 3 ] && [ "$state" = "idle 3000" ]; then pass cluster_starts_idle
+state=$(sinfo -h -N -p debug -o '%T %m')
+small=$(scontrol show partition small -o | tr ' ' '\n' | grep '^MaxMemPerNode=')
+if [ "$alive" -eq 3 ] && [ "$state" = "idle $(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')" ] \
+   && [ "$small" = MaxMemPerNode=3000 ]; then pass cluster_starts_idle
 else fail cluster_starts_idle "alive=$alive state='$state' $(cluster_log_tail)"; fi
 echo "  cluster start: $((SECONDS - t0)) s"
 
@@ -117,8 +120,8 @@ refused submit_unknown_variant "unknown variant 'tiny-nl99x'.*Nearest" \
 mkdir -p "$T/other"; printf 'variant = t5-efficient-mini\nsteps = 9\n' > "$T/other/config.txt"; echo '{}' > "$T/other/metrics.jsonl"
 refused submit_run_dir_of_other_variant "holds a run of t5-efficient-mini, not t5-efficient-tiny" \
     "$J/t5submit" --variant tiny --run-dir "$T/other" -- --synthetic --steps 2
-refused submit_memory_over_partition "for the nodes of partition debug (3000 MB each).*needs about" \
-    "$J/t5submit" --variant large --run-dir "$T/big" -- --synthetic --steps 2
+refused submit_memory_over_partition "for the nodes of partition small (3000 MB each).*needs about" \
+    "$J/t5submit" --variant large --run-dir "$T/big" --partition small -- --synthetic --steps 2
 refused submit_more_cpus_than_node "CPUs, but the nodes of partition debug have" \
     "$J/t5submit" --variant tiny --run-dir "$T/cpus" --ntasks-per-node 2 --cpus-per-task 8 -- --synthetic --steps 2 --batch 2
 refused sweep_refuses_all_when_one_is_bad "unknown variant 'nope'" \
@@ -133,6 +136,14 @@ if [ "$rc" -eq 0 ] && echo "$out" | grep -q '^#SBATCH --signal=B:USR1@' && echo 
    && echo "$out" | grep -qE '^# plan: t5-efficient-tiny-nl2, 2 rank\(s\).*memory [0-9.]+ [MG]iB per rank' \
    && [ ! -e "$T/dry" ] && [ -z "$(squeue -h -o %i)" ]; then pass submit_dry_run_prints_script_and_plan
 else fail submit_dry_run_prints_script_and_plan "rc=$rc $(echo "$out" | grep -E '^#SBATCH|^# plan|refused')"; fi
+
+# --- all 100 published variants planned into one array (35 s of plans: T5_SLURM_LONG=1) ----------
+if [ "${T5_SLURM_LONG:-0}" = 1 ]; then
+    out=$("$J/t5sweep" --variants all --run-root "$T/all" --cpus-per-task 2 --dry-run -- --synthetic 2>&1); rc=$?
+    if [ "$rc" -eq 0 ] && [ "$(echo "$out" | grep -c '^# plan t5-efficient-')" -eq 100 ] \
+       && echo "$out" | grep -q '^#SBATCH --array=0-99$' && [ ! -e "$T/all" ]; then pass sweep_all_published_variants_dry_run
+    else fail sweep_all_published_variants_dry_run "rc=$rc $(echo "$out" | grep -E 'refused|^#SBATCH --array' | head -3)"; fi
+fi
 
 # --- a 3-variant array of real runs --------------------------------------------------------------
 t0=$SECONDS
