@@ -288,6 +288,28 @@ def job_info(job_id):
     return kv_line(out.splitlines()[0])
 
 
+ACTIVE_STATES = {"PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD",
+                 "REQUEUE_FED", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "PREEMPTED"}
+
+
+def check_no_active_job(run_dir):
+    """Refused when Slurm still has a queued or running job for run_dir (two trainers must never
+    write one run directory). The job ids come from run_dir/job-events.log."""
+    jobs = []
+    try:
+        for line in open(os.path.join(run_dir, "job-events.log")):
+            f = line.split("\t")
+            if len(f) >= 4 and f[1] not in jobs:
+                jobs.append(f[1])
+    except OSError:
+        return
+    for j in reversed(jobs[-5:]):
+        info = job_info(j)
+        if info and info.get("JobState") in ACTIVE_STATES:
+            raise Refused("run directory %s already has job %s (%s). HINT: wait for it, or scancel %s first;"
+                          " a requeued job resumes by itself" % (run_dir, j, info.get("JobState"), j))
+
+
 def mem_request_mb(plan_json, part):
     """--mem per node: the trainer's per-node estimate / 0.85 (the trainer keeps its estimate
     within 85% of what the job's cgroup allows) plus 512 MiB for MPI and the runtime, at most

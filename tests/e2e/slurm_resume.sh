@@ -62,6 +62,10 @@ t0=$SECONDS
 job=$("$J/t5submit" --variant tiny-nl2 --run-dir "$T/pre" --ntasks-per-node 2 --time 10 \
       -- "${OPTS[@]}" 2>"$T/submit.log")
 [ -n "$job" ] && pass submit_prints_job_id || { fail submit_prints_job_id "$(cat "$T/submit.log")"; exit 1; }
+# a second job on the same run directory is refused while the first is queued or running
+msg=$("$J/t5submit" --variant tiny-nl2 --run-dir "$T/pre" --ntasks-per-node 2 --time 10 -- "${OPTS[@]}" 2>&1); rc=$?
+[ "$rc" -eq 2 ] && echo "$msg" | grep -q "already has job $job" && [ "$(squeue -h -o %i | wc -l)" -eq 1 ] \
+    && pass submit_refuses_second_job_on_run_dir || fail submit_refuses_second_job_on_run_dir "rc=$rc $msg"
 if wait_for 120 step_at_least "$T/pre" 15; then
     at1=$(last_step "$T/pre/metrics.jsonl")
     scontrol requeue "$job"
@@ -138,4 +142,7 @@ if [ "${T5_SLURM_SKIP_TIMELIMIT:-0}" != 1 ]; then
     else fail time_limit_never_reached "stop '$how', state $st: $(show_logs "$T/limit")"; fi
     echo "  time-limit run: $((SECONDS - t0)) s, first stop: $how"
     scancel "$job"
+    wait_job "$job" 60 CANCELLED
+    st=$("$J/t5status" --json "$T/limit" | python3 -c "import json,sys; r=json.load(sys.stdin); print(r['state'], r['slurm_state'], r['requeues'] >= 1)")
+    [ "$st" = "cancelled CANCELLED True" ] && pass status_reports_cancelled || fail status_reports_cancelled "$st"
 fi
