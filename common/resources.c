@@ -196,6 +196,16 @@ static void walk_cgroup_(const char *mount, const char *cgpath, int v2, CgroupRe
 
 size_t resources_memory_available_at(const char *proc_root, const char *cgroup_root, char *why,
                                      size_t whylen) {
+    const char *plan = getenv("T5_PLAN_NODE_MEMORY_MB");
+    if (plan && *plan) {
+        long mb = parse_positive_(plan);
+        if (mb > 0) {
+            char m[160];
+            snprintf(m, sizeof m, "T5_PLAN_NODE_MEMORY_MB=%ld: planned for a node with %ld MiB", mb, mb);
+            say_(why, whylen, m);
+            return (size_t)mb * 1024 * 1024;
+        }
+    }
     size_t avail = meminfo_available_(proc_root);
     CgroupResult r = { 0, 0, 0, "" };
     char path[4096];

@@ -22,6 +22,11 @@ int resources_default_threads(int ranks_on_node, char *why, size_t whylen);
  * where the number came from. */
 size_t resources_memory_available(char *why, size_t whylen);
 
+/* Planning for another machine: when the environment holds T5_PLAN_NODE_MEMORY_MB (jobs/t5submit
+ * sets it for `t5pretrain --dry-run --plan-world ...` to the partition's node memory), that many
+ * MiB is the answer instead of this machine's numbers, and *why says so. Leave it unset for
+ * training: it is meant for plans made on a login node. */
+
 /* The same with the roots of /proc and of the cgroup file systems as parameters (for tests:
  * a fake tree). resources_memory_available() is this with "/proc" and "/sys/fs/cgroup".
  * proc_root/meminfo and proc_root/self/cgroup are read; the cgroup v2 hierarchy is looked for at

@@ -185,6 +185,21 @@ static void test_memory_without_limit_is_memavailable(void) {
     drop_tree_();
 }
 
+static void test_memory_plan_for_another_node(void) {
+    fresh_tree_("plan");
+    put_("proc/self/cgroup", "0::/\n");
+    char why[300];
+    setenv("T5_PLAN_NODE_MEMORY_MB", "3000", 1);
+    CHECK_EQ_INT(avail_(why, sizeof why), 3000ULL * 1048576);
+    CHECKF(strstr(why, "T5_PLAN_NODE_MEMORY_MB=3000") == why, "%s", why);
+    CHECK_EQ_INT(resources_memory_available(NULL, 0), 3000ULL * 1048576);
+    setenv("T5_PLAN_NODE_MEMORY_MB", "lots", 1);   /* not a number: this machine's own numbers */
+    CHECK_EQ_INT(avail_(why, sizeof why), 8388608ULL * 1024);
+    unsetenv("T5_PLAN_NODE_MEMORY_MB");
+    CHECK_EQ_INT(avail_(why, sizeof why), 8388608ULL * 1024);
+    drop_tree_();
+}
+
 static void test_memory_this_machine(void) {
     char why[300];
     size_t got = resources_memory_available(why, sizeof why);
@@ -201,6 +216,7 @@ int main(void) {
     RUN(test_memory_cgroup_v1_hybrid);
     RUN(test_memory_namespaced_cgroup_path);
     RUN(test_memory_without_limit_is_memavailable);
+    RUN(test_memory_plan_for_another_node);
     RUN(test_memory_this_machine);
     return TEST_EXIT();
 }
