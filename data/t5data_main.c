@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/args.h"
 #include "../common/npy.h"
 #include "../common/util.h"
 #include "loader.h"
@@ -60,14 +61,6 @@ static int usage_error_(const char *fmt, const char *arg) {
     return 2;
 }
 
-static int parse_long_(const char *s, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end) return -1;
-    *out = v;
-    return 0;
-}
 
 typedef struct {
     const char *cmd, *data, *spm, *out;
@@ -188,7 +181,7 @@ static int cmd_dump_(const Args *a) {
             { "decoder_segment_ids", b.dec_seg, b.Ld },
         };
         for (size_t i = 0; i < sizeof f / sizeof f[0] && rc == 0; i++) {
-            char path[4096];
+            char path[8192];
             snprintf(path, sizeof path, "%s/%s.npy", a->out, f[i].name);
             if (npy_write_i32(path, f[i].p, B, f[i].L) != 0) {
                 fprintf(stderr, "t5data: cannot write %s: %s\n", path, strerror(errno));
@@ -283,43 +276,58 @@ static int cmd_bench_(const Args *a) {
     return rc < 0 ? 1 : 0;
 }
 
+/* The options of every command, through the shared parser (common/args.h). */
+typedef struct {
+    char data[4096], spm[4096], out[4096];
+    long seed, batch, streams, enc_len, dec_len, step, rows, epochs, seconds;
+} DataOpts;
+#define NUMOPT_(f, hi, help) ARG_NUM_(DataOpts, ARG_LONG, f, 0, hi, NULL, help, NULL)
+static const ArgSpec SPECS[] = {
+    ARG_STR_(DataOpts, data, NULL, "GLOB", "C4 files: comma-separated globs", "required"),
+    ARG_STR_(DataOpts, spm, NULL, "MODEL", "SentencePiece model", "required"),
+    ARG_STR_(DataOpts, out, NULL, "DIR", "dump-batch: where the .npy files go", NULL),
+    NUMOPT_(seed, 9.2e18, "data seed (the trainer's --seed; its validation uses seed + 1)"),
+    NUMOPT_(batch, 2147483647.0, "global batch in rows (the trainer's --batch; 0 = the command's default)"),
+    NUMOPT_(streams, 2147483647.0, "canonical streams (0 = the batch)"),
+    NUMOPT_(enc_len, 2147483647.0, "encoder length"),
+    NUMOPT_(dec_len, 2147483647.0, "decoder length"),
+    NUMOPT_(step, 9.2e18, "dump-batch: the step (0-based) whose batch to write"),
+    NUMOPT_(rows, 2147483647.0, "inspect: rows to show"),
+    NUMOPT_(epochs, 2147483647.0, "stop after this many epochs (0 = unlimited)"),
+    NUMOPT_(seconds, 2147483647.0, "bench: seconds to run (0 = the default)"),
+};
+static const ArgParser PARSER = {"usage: t5data inspect|dump-batch|stats|bench --data GLOB --spm MODEL [options] (t5data --help)",
+                                 SPECS, (int)(sizeof SPECS / sizeof SPECS[0]), NULL};
+
 int main(int argc, char **argv) {
     Args a = { 0 };
-    a.enc_len = 512; a.dec_len = 128; a.rows = 2;
+    DataOpts o, dflt;
+    memset(&o, 0, sizeof o);
+    o.enc_len = 512; o.dec_len = 128; o.rows = 2;
+    dflt = o;
     if (argc < 2) { usage_(stderr); return 2; }
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage_(stdout); return 0; }
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            usage_(stdout);
+            printf("\noptions:\n");
+            args_print_usage(&PARSER, &dflt, stdout);
+            return 0;
+        }
     }
     a.cmd = argv[1];
     if (strcmp(a.cmd, "inspect") && strcmp(a.cmd, "dump-batch") && strcmp(a.cmd, "stats") &&
         strcmp(a.cmd, "bench"))
         return usage_error_("unknown command '%s' (inspect, dump-batch, stats, bench)", a.cmd);
-    for (int i = 2; i < argc; i++) {
-        const char *o = argv[i];
-        if (strncmp(o, "--", 2) != 0) return usage_error_("unexpected argument '%s'", o);
-        if (i + 1 >= argc) return usage_error_("option %s needs a value", o);
-        const char *v = argv[++i];
-        long *num = NULL;
-        if (!strcmp(o, "--data")) a.data = v;
-        else if (!strcmp(o, "--spm")) a.spm = v;
-        else if (!strcmp(o, "--out")) a.out = v;
-        else if (!strcmp(o, "--seed")) num = &a.seed;
-        else if (!strcmp(o, "--batch")) num = &a.batch;
-        else if (!strcmp(o, "--streams")) num = &a.streams;
-        else if (!strcmp(o, "--enc-len")) num = &a.enc_len;
-        else if (!strcmp(o, "--dec-len")) num = &a.dec_len;
-        else if (!strcmp(o, "--step")) num = &a.step;
-        else if (!strcmp(o, "--rows")) num = &a.rows;
-        else if (!strcmp(o, "--epochs")) num = &a.epochs;
-        else if (!strcmp(o, "--seconds")) num = &a.seconds;
-        else return usage_error_("unknown option '%s'", o);
-        /* every number but --seed and --step becomes an int */
-        long max = (num == &a.seed || num == &a.step) ? LONG_MAX : INT_MAX;
-        if (num && (parse_long_(v, num) != 0 || *num < 0 || *num > max)) {
-            fprintf(stderr, "t5data: %s needs an integer in [0, %ld], got '%s'\n", o, max, v);
-            return 2;
-        }
+    char perr[2048];
+    if (args_parse(&PARSER, &o, &dflt, argc, argv, 2, NULL, NULL, 0, NULL, perr, sizeof perr) != 0) {
+        fprintf(stderr, "t5data: %s\n", perr);
+        return 2;
     }
+    a.data = o.data[0] ? o.data : NULL;
+    a.spm = o.spm[0] ? o.spm : NULL;
+    a.out = o.out[0] ? o.out : NULL;
+    a.seed = o.seed; a.batch = o.batch; a.streams = o.streams; a.enc_len = o.enc_len;
+    a.dec_len = o.dec_len; a.step = o.step; a.rows = o.rows; a.epochs = o.epochs; a.seconds = o.seconds;
     if (!a.data) return usage_error_("%s needs --data GLOB", a.cmd);
     if (!a.spm) return usage_error_("%s needs --spm MODEL", a.cmd);
     if (!strcmp(a.cmd, "inspect")) return cmd_inspect_(&a);

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "common/blas_runtime.h"
 #include "common/util.h"
 #include "data/synthetic.h"
@@ -44,83 +45,58 @@ typedef struct {
     const char *gemm_dump;   /* directory, or NULL */
 } BenchOptions;
 
-static void usage_(FILE *f) {
-    fprintf(f,
-            "usage: t5bench [options]\n"
-            "  --variant NAME    model variant (default t5-efficient-small)\n"
-            "  --batch B         micro-batch rows (default 8)\n"
-            "  --enc-len Le      encoder length (default 512)\n"
-            "  --dec-len Ld      decoder length, 114 (real targets) or 128 (packed) (default 128)\n"
-            "  --steps N         timed steps (default 5)\n"
-            "  --warmup W        untimed warm-up steps (default 1)\n"
-            "  --threads T       OpenBLAS/OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
-            "  --gemm-n N        sgemm peak problem size N^3 (default 2048)\n"
-            "  --gemm-reps R     sgemm timed calls, median reported (default 5)\n"
-            "  --seed S          weights and batches seed (default 1)\n"
-            "  --precision P     fp32 or bf16 matrix-product inputs (default: bf16 when the CPU\n"
-            "                    has AMX-BF16 or AVX512_BF16, else fp32; see pretrain/gemm.h)\n"
-            "  --no-optimizer    time forward + backward only\n"
-            "  --gemm-only       only the sgemm peak (no model)\n"
-            "  --gemm-dump DIR   also write a fixed product C = A B (float32 files A.f32 B.f32\n"
-            "                    C.f32, sizes in dims.txt as 'M K N') to compare kernels\n"
-            "environment: T5_BLAS_CORETYPE=auto|off|NAME (see common/blas_runtime.h)\n");
-}
 
-/* Parse a positive int option value; exit(2) with a message naming the option otherwise. */
-static int parse_pos_int_(const char *opt, const char *v, int allow_zero) {
-    char *end = NULL;
-    long x = v ? strtol(v, &end, 10) : 0;
-    if (!v || *v == '\0' || *end != '\0' || x < (allow_zero ? 0 : 1) || x > 1000000000L) {
-        fprintf(stderr, "t5bench: %s needs a %s integer, got '%s'\n", opt,
-                allow_zero ? "non-negative" : "positive", v ? v : "(missing)");
-        exit(2);
-    }
-    return (int)x;
-}
+/* The options through the shared parser (common/args.h). */
+typedef struct {
+    char variant[128], precision[8], gemm_dump[4096];
+    int batch, enc_len, dec_len, steps, warmup, threads, gemm_n, gemm_reps, no_optimizer, gemm_only;
+    long seed;
+} BenchArgs;
+#define BN_(f, lo, help) ARG_NUM_(BenchArgs, ARG_INT, f, lo, 1e9, NULL, help, NULL)
+static const ArgSpec SPECS[] = {
+    ARG_STR_(BenchArgs, variant, NULL, "NAME", "model variant", NULL),
+    BN_(batch, 0, "micro-batch rows"),
+    BN_(enc_len, 0, "encoder length"),
+    BN_(dec_len, 0, "decoder length"),
+    BN_(steps, 0, "timed steps"),
+    BN_(warmup, 1, "untimed steps first"),
+    ARG_NUM_(BenchArgs, ARG_INT, threads, 0, 1e9, NULL, "threads", "all cores"),
+    BN_(gemm_n, 0, "size of the peak's n^3 product"),
+    BN_(gemm_reps, 0, "timed calls of the peak product"),
+    ARG_NUM_(BenchArgs, ARG_LONG, seed, 1, 1e18, NULL, "seed", NULL),
+    ARG_STR_(BenchArgs, precision, "auto|fp32|bf16", NULL, "matrix-product inputs", "auto: bf16 when the CPU has AMX-BF16 or AVX512_BF16"),
+    ARG_FLAG_(BenchArgs, no_optimizer, "time forward + backward only"),
+    ARG_FLAG_(BenchArgs, gemm_only, "only the matmul peaks (no model)"),
+    ARG_STR_(BenchArgs, gemm_dump, NULL, "DIR", "also write a fixed product C = A B (A.f32 B.f32 C.f32, dims.txt) to compare kernels", NULL),
+};
+static const ArgParser PARSER = {"usage: t5bench [options]", SPECS, (int)(sizeof SPECS / sizeof SPECS[0]), NULL};
+static BenchArgs args_;   /* keeps the strings BenchOptions points at */
 
 static void parse_args_(BenchOptions *o, int argc, char **argv) {
-    snprintf(o->variant, sizeof o->variant, "t5-efficient-small");
-    o->B = 8; o->Le = 512; o->Ld = 128; o->steps = 5; o->warmup = 1; o->threads = 0;
-    o->gemm_n = 2048; o->gemm_reps = 5; o->optimizer = 1; o->gemm_only = 0; o->seed = 1;
-    o->gemm_dump = NULL;
-    o->precision = -1;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage_(stdout); exit(0); }
-        else if (!strcmp(a, "--no-optimizer")) o->optimizer = 0;
-        else if (!strcmp(a, "--gemm-only")) o->gemm_only = 1;
-        else if (!strcmp(a, "--variant")) {
-            if (!v) { fprintf(stderr, "t5bench: --variant needs a name\n"); exit(2); }
-            snprintf(o->variant, sizeof o->variant, "%s", v); i++;
-        }
-        else if (!strcmp(a, "--precision")) {
-            GemmPrecision p;
-            if (gemm_parse_precision(v, &p) != 0) {
-                fprintf(stderr, "t5bench: --precision needs fp32 or bf16, got '%s'\n",
-                        v ? v : "(missing)");
-                exit(2);
-            }
-            o->precision = (int)p; i++;
-        }
-        else if (!strcmp(a, "--gemm-dump")) {
-            if (!v) { fprintf(stderr, "t5bench: --gemm-dump needs a directory\n"); exit(2); }
-            o->gemm_dump = v; i++;
-        }
-        else if (!strcmp(a, "--batch")) { o->B = parse_pos_int_(a, v, 0); i++; }
-        else if (!strcmp(a, "--enc-len")) { o->Le = parse_pos_int_(a, v, 0); i++; }
-        else if (!strcmp(a, "--dec-len")) { o->Ld = parse_pos_int_(a, v, 0); i++; }
-        else if (!strcmp(a, "--steps")) { o->steps = parse_pos_int_(a, v, 0); i++; }
-        else if (!strcmp(a, "--warmup")) { o->warmup = parse_pos_int_(a, v, 1); i++; }
-        else if (!strcmp(a, "--threads")) { o->threads = parse_pos_int_(a, v, 1); i++; }
-        else if (!strcmp(a, "--gemm-n")) { o->gemm_n = parse_pos_int_(a, v, 0); i++; }
-        else if (!strcmp(a, "--gemm-reps")) { o->gemm_reps = parse_pos_int_(a, v, 0); i++; }
-        else if (!strcmp(a, "--seed")) { o->seed = parse_pos_int_(a, v, 1); i++; }
-        else {
-            fprintf(stderr, "t5bench: unknown option '%s'\n", a);
-            usage_(stderr);
-            exit(2);
-        }
+    BenchArgs d;
+    memset(&d, 0, sizeof d);
+    snprintf(d.variant, sizeof d.variant, "t5-efficient-small");
+    snprintf(d.precision, sizeof d.precision, "auto");
+    d.batch = 8; d.enc_len = 512; d.dec_len = 128; d.steps = 5; d.warmup = 1; d.threads = 0;
+    d.gemm_n = 2048; d.gemm_reps = 5; d.seed = 1;
+    args_ = d;
+    char err[1024];
+    int rc = args_parse(&PARSER, &args_, &d, argc, argv, 1, stdout, NULL, 0, NULL, err, sizeof err);
+    if (rc == 1) exit(0);
+    if (rc < 0) {
+        fprintf(stderr, "t5bench: %s (see --help)\n", err);
+        exit(2);
     }
+    memset(o, 0, sizeof *o);
+    snprintf(o->variant, sizeof o->variant, "%s", args_.variant);
+    o->B = args_.batch; o->Le = args_.enc_len; o->Ld = args_.dec_len; o->steps = args_.steps;
+    o->warmup = args_.warmup; o->threads = args_.threads; o->gemm_n = args_.gemm_n;
+    o->gemm_reps = args_.gemm_reps; o->optimizer = !args_.no_optimizer; o->gemm_only = args_.gemm_only;
+    o->seed = args_.seed;
+    o->gemm_dump = args_.gemm_dump[0] ? args_.gemm_dump : NULL;
+    GemmPrecision p;
+    o->precision = !strcmp(args_.precision, "auto") ? -1
+                 : (gemm_parse_precision(args_.precision, &p), (int)p);
 }
 
 static int cmp_double_(const void *a, const void *b) {
