@@ -845,8 +845,9 @@ int main(void) {
         RUN(test_model_bf16_gated_untied);
         RUN(test_model_bf16_training);
     } else {   /* e.g. under valgrind, which hides AVX-512: reported, not counted as passed */
-        printf("SKIP test_model_bf16_relu_tied (%s)\nSKIP test_model_bf16_gated_untied (%s)\n"
-               "SKIP test_model_bf16_training (%s)\n", why, why, why);
+        printf("SKIP test_model_bf16_relu_tied: not applicable on this host: %s\n"
+               "SKIP test_model_bf16_gated_untied: not applicable on this host: %s\n"
+               "SKIP test_model_bf16_training: not applicable on this host: %s\n", why, why, why);
     }
     gemm_release();
     printf("info: worst finite-difference error = %.3f of the tolerance\n", worst_);
