@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/e2e/pipeline.sh: pipeline and data parallelism reproduce the single-process run.
 #
-# The same global batch over 20 steps on the sample corpus: --pp 2 (auto split: the second stage
+# The same global batch over 20 steps on the sample corpus (validation every 10 steps): --pp 2 (auto split: the second stage
 # is decoder-only), --pp 2 --pp-split 3,1 (a stage holding the encoder and decoder blocks), dp 2,
 # pp 2 x dp 2 (4 ranks oversubscribed) and --zero 1 must give the 1-process losses and gradient
 # norms within 1e-5 relative (only the summation order differs); --zero 1 must equal --zero 0 bit
@@ -21,6 +21,7 @@ cd "$ROOT"
 DATA='data/sample/c4-train.*.json.gz'
 SPM=data/sample/spiece.model
 COMMON=(--variant tiny-nl2 --data "$DATA" --spm "$SPM" --batch 4 --micro-batch 1 --enc-len 128 --dec-len 32
+        --val-data 'data/sample/c4-validation.*.json.gz' --eval-every 10 --eval-batches 1
         --precision fp32 --threads 1 --seed 3 --lr 0.1)
 STEPS=20
 mpi() { mpirun --oversubscribe -np "$1" -x OMP_NUM_THREADS=1 "${@:2}"; }
@@ -39,7 +40,10 @@ a = [x for x in a if x["step"] >= b[0]["step"]]
 worst = 0
 for x, y in zip(a, b):
     assert x["step"] == y["step"] and x["target_tokens"] == y["target_tokens"]
-    for k in ("loss", "grad_norm", "param_rms"):
+    assert ("val_loss" in x) == ("val_loss" in y), ("validation steps differ", x["step"])
+    for k in ("loss", "grad_norm", "param_rms", "val_loss"):
+        if k not in x:
+            continue
         rel = abs(x[k] - y[k]) / abs(x[k])
         worst = max(worst, rel)
         assert rel <= tol, (x["step"], k, x[k], y[k], rel)
