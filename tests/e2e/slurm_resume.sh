@@ -32,12 +32,13 @@ same_run() {  # same_run REF DIR: final weights and metrics without timings iden
     cmp -s "$1/final/model.safetensors" "$2/final/model.safetensors" || { echo "final/model.safetensors differ"; return 1; }
     python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" <<'EOF'
 import json, sys
-TIMING = {"tokens_per_s", "gflops", "mfu", "step_s", "data_wait_s", "elapsed_s"}
+# timings: every *_s field (step_s, data_wait_s, elapsed_s, dp_wait_s, ...) and the rates
+TIMING = {"tokens_per_s", "gflops", "mfu", "pp_bubble"}
 def rows(p):
     out = []
     for line in open(p):
         r = json.loads(line)
-        out.append({k: v for k, v in r.items() if k not in TIMING and not k.endswith("_seconds")})
+        out.append({k: v for k, v in r.items() if k not in TIMING and not k.endswith("_s") and not k.endswith("_seconds")})
     return out
 a, b = rows(sys.argv[1]), rows(sys.argv[2])
 if len(a) != len(b):

@@ -120,7 +120,7 @@ refused submit_unknown_variant "unknown variant 'tiny-nl99x'.*Nearest" \
 mkdir -p "$T/other"; printf 'variant = t5-efficient-mini\nsteps = 9\n' > "$T/other/config.txt"; echo '{}' > "$T/other/metrics.jsonl"
 refused submit_run_dir_of_other_variant "holds a run of t5-efficient-mini, not t5-efficient-tiny" \
     "$J/t5submit" --variant tiny --run-dir "$T/other" -- --synthetic --steps 2
-refused submit_memory_over_partition "for the nodes of partition small (3000 MB each).*needs about" \
+refused submit_memory_over_partition "needs .* per node .* partition small cannot hold it: its MaxMemPerNode" \
     "$J/t5submit" --variant large --run-dir "$T/big" --partition small -- --synthetic --steps 2
 refused submit_more_cpus_than_node "CPUs, but the nodes of partition debug have" \
     "$J/t5submit" --variant tiny --run-dir "$T/cpus" --ntasks-per-node 2 --cpus-per-task 8 -- --synthetic --steps 2 --batch 2
