@@ -1269,6 +1269,8 @@ static int save_final_(Trainer *t) {
             Ckpt *ck = NULL;
             T5Model whole;
             t5_model_build(&whole, &t->cfg);
+            free(whole.grads);   /* the export needs the parameters only */
+            whole.grads = NULL;
             rc = ckpt_latest(t->o.run_dir, step_dir, sizeof step_dir, err, sizeof err);
             if (rc == 0 && !(ck = ckpt_open(step_dir, err, sizeof err))) rc = -1;
             for (int i = 0; rc == 0 && i < whole.num_tensors; i++) {
