@@ -205,16 +205,6 @@ static int fsync_path_(const char *dir) {
     return rc;
 }
 
-static int rm_cb_(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb; (void)flag; (void)ftw;
-    return remove(p);
-}
-/* rm -rf path (no symlinks followed). 0 or -1 with errno. */
-static int rm_rf_(const char *path) {
-    struct stat st;
-    if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : -1;
-    return nftw(path, rm_cb_, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 /* Is name "step_" followed by 8 or more digits, then exactly `suffix`? Sets *step. */
 static int parse_step_name_(const char *name, const char *suffix, long *step) {
@@ -564,7 +554,7 @@ static int prepare_dir_(const char *ckdir, const char *tmpdir, char *err) {
     while ((e = readdir(d))) {
         if (!parse_step_name_(e->d_name, ".tmp", &s)) continue;
         char *p = path_join_(ckdir, e->d_name);
-        int r = rm_rf_(p);
+        int r = rm_rf(p);
         if (r != 0) set_error(err, ERRMAX, "%s: cannot remove a leftover temporary checkpoint: %s", p, strerror(errno));
         free(p);
         if (r != 0) { closedir(d); return -1; }
@@ -590,7 +580,7 @@ static int commit_dir_(const char *tmpdir, const char *final, char *err) {
                  "away", final, strerror(errno));
         return -1;
     }
-    if (rm_rf_(tmpdir) != 0)
+    if (rm_rf(tmpdir) != 0)
         fprintf(stderr, "warning: %s: cannot remove the replaced checkpoint: %s\n", tmpdir, strerror(errno));
     return 0;
 }
@@ -718,7 +708,7 @@ int ckpt_save(MPI_Comm comm, const CkptSaveArgs *args, const CkptPiece *pieces, 
 cleanup:
     /* every rank gets here together (each failure above is agreed on first); the others wait
      * until rank 0 has removed step_N.tmp, so "failed" means "nothing left" on every rank */
-    if (rc != 0 && rank == 0 && made_tmp && !crashed && rm_rf_(tmpdir) != 0)
+    if (rc != 0 && rank == 0 && made_tmp && !crashed && rm_rf(tmpdir) != 0)
         fprintf(stderr, "warning: %s: cannot remove after a failed save: %s\n", tmpdir, strerror(errno));
     if (rc != 0) MPI_Barrier(comm);
     if (rc != 0) set_error(err_out, errlen, "checkpoint step %ld: %s", args->step, err);
@@ -1372,7 +1362,7 @@ int ckpt_retain(const char *run_dir, int keep_last, long keep_every, char *err, 
         char name[64];
         snprintf(name, sizeof name, "step_%08ld", s);
         char *p = path_join_(ckdir, name);
-        int r = rm_rf_(p);
+        int r = rm_rf(p);
         if (r != 0) set_error(err, errlen, "%s: cannot delete an old checkpoint: %s", p, strerror(errno));
         free(p);
         if (r != 0) { deleted = -1; break; }

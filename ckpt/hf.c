@@ -241,15 +241,6 @@ int hf_write_tensors(const char *path, const T5Model *m, const float *buf, char 
 
 int hf_test_crash_point = 0;
 
-static int rm_cb_(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb; (void)flag; (void)ftw;
-    return remove(p);
-}
-static int rm_rf_(const char *path) {
-    struct stat st;
-    if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : -1;
-    return nftw(path, rm_cb_, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 static int write_text_(const char *dir, const char *name, const char *text, char *err, size_t errlen) {
     char *path = join_(dir, name);
@@ -341,7 +332,7 @@ int hf_save_folder(const char *dir_in, const T5Model *m, const HfSaveOpts *opts,
             const char *q = e->d_name + bl + 5;
             if (!*q || strspn(q, "0123456789") != strlen(q)) continue;
             char *p = join_(parent, e->d_name);
-            if (rm_rf_(p) != 0) fprintf(stderr, "warning: %s: cannot remove a leftover: %s\n", p, strerror(errno));
+            if (rm_rf(p) != 0) fprintf(stderr, "warning: %s: cannot remove a leftover: %s\n", p, strerror(errno));
             free(p);
         }
         closedir(d);
@@ -382,7 +373,7 @@ int hf_save_folder(const char *dir_in, const T5Model *m, const HfSaveOpts *opts,
     close(fd);
     rc = 0;
 done:
-    if (made && rm_rf_(tmp) != 0) fprintf(stderr, "warning: %s: cannot remove: %s\n", tmp, strerror(errno));
+    if (made && rm_rf(tmp) != 0) fprintf(stderr, "warning: %s: cannot remove: %s\n", tmp, strerror(errno));
     free(tmp);
     free(parent);
     free(dir);

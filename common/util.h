@@ -65,6 +65,10 @@ int write_file_atomic(const char *path, const void *data, size_t size);
  * error with errno set; *size_out gets the byte count without the terminator. */
 char *read_file_all(const char *path, size_t *size_out);
 
+/* Remove path and everything under it (like rm -rf; symbolic links are removed, not followed).
+ * A missing path is fine. 0 on success, -1 with errno. */
+int rm_rf(const char *path);
+
 /* Create a directory and its parents (like mkdir -p). 0 on success, -1 on error. */
 int mkdir_p(const char *path);
 

@@ -411,34 +411,6 @@ size_t tp_adafactor_state_floats(const OptimConfig *c, TpSplit split, int rows, 
     return (size_t)rows + (size_t)cols;
 }
 
-/* sum of x[j]^2, four accumulators (the same order as optim.c's) */
-static double sum_sq_(const float *x, int m) {
-    double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    int j = 0;
-    for (; j + 4 <= m; j += 4) {
-        a0 += (double)x[j] * x[j];
-        a1 += (double)x[j + 1] * x[j + 1];
-        a2 += (double)x[j + 2] * x[j + 2];
-        a3 += (double)x[j + 3] * x[j + 3];
-    }
-    for (; j < m; j++) a0 += (double)x[j] * x[j];
-    return (a0 + a1) + (a2 + a3);
-}
-
-static double sum_sq_scaled_(const float *g, const double *cf, int m) {
-    double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    int j = 0;
-    for (; j + 4 <= m; j += 4) {
-        double u0 = g[j] * cf[j], u1 = g[j + 1] * cf[j + 1];
-        double u2 = g[j + 2] * cf[j + 2], u3 = g[j + 3] * cf[j + 3];
-        a0 += u0 * u0;
-        a1 += u1 * u1;
-        a2 += u2 * u2;
-        a3 += u3 * u3;
-    }
-    for (; j < m; j++) { double u = g[j] * cf[j]; a0 += u * u; }
-    return (a0 + a1) + (a2 + a3);
-}
 
 static void dsum_(TpCtx *tp, double *x, int n, int split) {
     if (!split || tp->size == 1 || n == 0) return;
@@ -496,7 +468,7 @@ double tp_adafactor_step(TpCtx *tp, const OptimConfig *c, TpSplit split, int row
     double *rs = buf + cols;                                /* [n] row sums */
 
     /* R_i = b2 R_i + (1-b2) (mean_j G_ij^2 + eps1), mean over all cols (reduced for COLS) */
-    for (int i = 0; i < n; i++) rs[i] = sum_sq_(G + (size_t)i * m, m);
+    for (int i = 0; i < n; i++) rs[i] = optim_sum_squares(G + (size_t)i * m, m);
     dsum_(tp, rs, n, split == TP_SPLIT_COLS);
     for (int i = 0; i < n; i++) R[i] = (float)(b2 * R[i] + a2 * (rs[i] / cols + eps1));
     /* C_j likewise over all rows (reduced for ROWS) */
@@ -517,8 +489,8 @@ double tp_adafactor_step(TpCtx *tp, const OptimConfig *c, TpSplit split, int row
     double rmean = s[0] / rows;
     double su = 0.0, sw = 0.0;
     for (int i = 0; i < n; i++) {
-        su += (rmean / (double)R[i]) * sum_sq_scaled_(G + (size_t)i * m, cf, m);
-        sw += sum_sq_(W + (size_t)i * m, m);
+        su += (rmean / (double)R[i]) * optim_sum_squares_scaled(G + (size_t)i * m, cf, m);
+        sw += optim_sum_squares(W + (size_t)i * m, m);
     }
     s[1] = su;
     s[2] = sw;

@@ -259,7 +259,7 @@ void optim_free(Optim *opt) {
 
 /* Sum of x[j]^2 over j < m, in double with four independent accumulators (a fixed order, so
  * deterministic, but not one long dependency chain). */
-static double sum_sq_(const float *x, int m) {
+double optim_sum_squares(const float *x, int m) {
     double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
     int j = 0;
     for (; j + 4 <= m; j += 4) {
@@ -273,7 +273,7 @@ static double sum_sq_(const float *x, int m) {
 }
 
 /* Sum over j < m of (g[j] * cf[j])^2, same scheme. */
-static double sum_sq_scaled_(const float *g, const double *cf, int m) {
+double optim_sum_squares_scaled(const float *g, const double *cf, int m) {
     double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
     int j = 0;
     for (; j + 4 <= m; j += 4) {
@@ -311,7 +311,7 @@ static void adafactor_factored_(const OptimConfig *c, int n, int m, float *W, co
      * mean(G^2) + eps1 (equal in exact arithmetic) */
     #pragma omp parallel for schedule(static) if (par)
     for (int i = 0; i < n; i++)
-        R[i] = (float)(b2 * R[i] + a2 * (sum_sq_(G + (size_t)i * m, m) / m + eps1));
+        R[i] = (float)(b2 * R[i] + a2 * (optim_sum_squares(G + (size_t)i * m, m) / m + eps1));
     /* C_j = b2 C_j + (1-b2) mean_i(G_ij^2 + eps1), summed over rows in order per column block */
     int nblk = (m + COL_BLOCK_ - 1) / COL_BLOCK_;
     #pragma omp parallel for schedule(static) if (par)
@@ -335,8 +335,8 @@ static void adafactor_factored_(const OptimConfig *c, int n, int m, float *W, co
     #pragma omp parallel for schedule(static) if (par)
     for (int i = 0; i < n; i++) {
         double rf2 = rmean / (double)R[i];   /* (1/sqrt(R_i/mean R))^2 */
-        upart[i] = rf2 * sum_sq_scaled_(G + (size_t)i * m, cf, m);
-        wpart[i] = sum_sq_(W + (size_t)i * m, m);
+        upart[i] = rf2 * optim_sum_squares_scaled(G + (size_t)i * m, cf, m);
+        wpart[i] = optim_sum_squares(W + (size_t)i * m, m);
     }
     double su = 0.0, sw = 0.0;
     for (int i = 0; i < n; i++) { su += upart[i]; sw += wpart[i]; }

@@ -106,4 +106,10 @@ double optim_step(Optim *opt, float *params, const float *grads, long g);
 double optim_step_tensors(Optim *opt, float *params, const float *grads, long g, int t_begin,
                           int t_end);
 
+/* The sums Adafactor's statistics use, in its fixed order (four double accumulators): sum over
+ * j < m of x[j]^2, and of (g[j] * cf[j])^2. Exposed so a split update (parallel/tp.c) sums the
+ * same way and stays bit-identical. */
+double optim_sum_squares(const float *x, int m);
+double optim_sum_squares_scaled(const float *g, const double *cf, int m);
+
 #endif
