@@ -77,6 +77,7 @@
 #include <zstd.h>
 
 #include "common/util.h"
+#include "parallel/mpi_check.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "ckpt.c writes the host's bytes as little-endian: port the byte order first"
@@ -284,14 +285,14 @@ static void tensors_free_(TensorRec *t, int n) {
  * failing rank's message prefixed with "rank R: ". */
 static int agree_(MPI_Comm comm, int ok, char *err) {
     int rank, size, mine, first;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
+    MPI_CHECK(MPI_Comm_rank(comm, &rank));
+    MPI_CHECK(MPI_Comm_size(comm, &size));
     mine = ok ? size : rank;
-    MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm);
+    MPI_CHECK(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm));
     if (first == size) return 0;
     char msg[ERRMAX];
     if (rank == first) snprintf(msg, sizeof msg, "%s", err);
-    MPI_Bcast(msg, ERRMAX, MPI_CHAR, first, comm);
+    MPI_CHECK(MPI_Bcast(msg, ERRMAX, MPI_CHAR, first, comm));
     msg[ERRMAX - 1] = 0;
     if (size > 1) set_error(err, ERRMAX, "rank %d: %s", first, msg);
     else set_error(err, ERRMAX, "%s", msg);
@@ -588,8 +589,8 @@ static int commit_dir_(const char *tmpdir, const char *final, char *err) {
 int ckpt_save(MPI_Comm comm, const CkptSaveArgs *args, const CkptPiece *pieces, int n_pieces,
               char *err_out, size_t errlen) {
     int rank, size;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
+    MPI_CHECK(MPI_Comm_rank(comm, &rank));
+    MPI_CHECK(MPI_Comm_size(comm, &size));
     char err[ERRMAX] = "";
     int level = args->zstd_level ? args->zstd_level : CKPT_DEFAULT_ZSTD_LEVEL;
     char stepname[64], shardname[64];
@@ -628,7 +629,7 @@ int ckpt_save(MPI_Comm comm, const CkptSaveArgs *args, const CkptPiece *pieces, 
     }
     int made_tmp = ok && rank == 0;
     if (agree_(comm, ok, err) != 0) goto cleanup;
-    MPI_Bcast(&save_id, 1, MPI_UINT64_T, 0, comm);
+    MPI_CHECK(MPI_Bcast(&save_id, 1, MPI_UINT64_T, 0, comm));
 
     /* 2. every rank writes and fsyncs its shard (into the directory rank 0 made: RUN must be on
      * a file system every rank shares) */
@@ -651,14 +652,14 @@ int ckpt_save(MPI_Comm comm, const CkptSaveArgs *args, const CkptPiece *pieces, 
         lens = xcalloc((size_t)size, sizeof *lens);
         displs = xcalloc((size_t)size, sizeof *displs);
     }
-    MPI_Gather(&len, 1, MPI_INT, lens, 1, MPI_INT, 0, comm);
+    MPI_CHECK(MPI_Gather(&len, 1, MPI_INT, lens, 1, MPI_INT, 0, comm));
     if (rank == 0) {
         long tot = 0;
         for (int r = 0; r < size; r++) { displs[r] = (int)tot; tot += lens[r]; }
         if (tot > (long)1 << 30) FATAL("fewer, larger pieces", "piece tables of %ld bytes", tot);
         all = xmalloc((size_t)tot);
     }
-    MPI_Gatherv(text, len, MPI_CHAR, all, lens, displs, MPI_CHAR, 0, comm);
+    MPI_CHECK(MPI_Gatherv(text, len, MPI_CHAR, all, lens, displs, MPI_CHAR, 0, comm));
 
     /* 4. rank 0 commits: manifest, rename, latest */
     ok = 1;
@@ -710,7 +711,7 @@ cleanup:
      * until rank 0 has removed step_N.tmp, so "failed" means "nothing left" on every rank */
     if (rc != 0 && rank == 0 && made_tmp && !crashed && rm_rf(tmpdir) != 0)
         fprintf(stderr, "warning: %s: cannot remove after a failed save: %s\n", tmpdir, strerror(errno));
-    if (rc != 0) MPI_Barrier(comm);
+    if (rc != 0) MPI_CHECK(MPI_Barrier(comm));
     if (rc != 0) set_error(err_out, errlen, "checkpoint step %ld: %s", args->step, err);
     if (meta) json_decref(meta);
     json_decref(table);
@@ -750,12 +751,12 @@ CkptAsync *ckpt_save_begin(MPI_Comm comm, const CkptSaveArgs *args, const CkptPi
         FATAL("call ckpt_save_end before the next ckpt_save_begin", "a background checkpoint save is "
               "already in flight (step %ld requested)", args->step);
     int provided;
-    MPI_Query_thread(&provided);
+    MPI_CHECK(MPI_Query_thread(&provided));
     if (provided < MPI_THREAD_MULTIPLE)
         FATAL("initialise MPI with MPI_Init_thread(..., MPI_THREAD_MULTIPLE, ...)",
               "background checkpoint saves need MPI_THREAD_MULTIPLE (have level %d)", provided);
     CkptAsync *j = xcalloc(1, sizeof *j);
-    MPI_Comm_dup(comm, &j->comm);
+    MPI_CHECK(MPI_Comm_dup(comm, &j->comm));
     j->run_dir = xstrdup(args->run_dir);
     j->meta = args->meta_json ? xstrdup(args->meta_json) : NULL;
     j->args = *args;
@@ -789,7 +790,7 @@ int ckpt_save_end(CkptAsync *j, char *err, size_t errlen) {
     async_inflight_ = 0;
     int rc = j->rc;
     if (rc != 0) set_error(err, errlen, "%s", j->err);
-    MPI_Comm_free(&j->comm);
+    MPI_CHECK(MPI_Comm_free(&j->comm));
     for (int i = 0; i < j->n; i++) { free((void *)j->pieces[i].name); free((void *)j->pieces[i].data); }
     free(j->pieces);
     free(j->run_dir);

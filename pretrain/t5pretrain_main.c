@@ -27,7 +27,7 @@ int main(int argc, char **argv) {
     blas_runtime_setup(argc, argv, 0, 0);
     int provided = 0, rank = 0;
     MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
 
     TrainOptions o;
     options_defaults(&o);
