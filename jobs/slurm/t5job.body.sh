@@ -121,6 +121,11 @@ while kill -0 "$child" 2>/dev/null; do wait "$child"; done
 wait "$child"
 rc=$?
 child=""
+# srun can exit 0 when the step never started ("task 0 launch failed"): done means final/ exists
+if [ "$rc" -eq 0 ] && [ ! -f "$T5_RUN_DIR/final/model.safetensors" ]; then
+    log "the launcher exited 0 but $T5_RUN_DIR/final was not written: the training step did not run (see the srun lines above)"
+    rc=1
+fi
 
 case "$rc" in
     0)
