@@ -34,7 +34,7 @@ int main(int argc, char **argv) {
     char err[4096];
     int rc = options_parse(&o, argc, argv, NULL, rank == 0 ? stdout : NULL, err, sizeof err);
     if (rc == 1) return finish_(T5_EXIT_DONE);
-    if (rc == 0 && o.resume) rc = trainer_options_for_resume(&o, argc, argv, rank, err, sizeof err);
+    if (rc == 0 && o.resume) rc = trainer_options_for_resume(&o, argc, argv, err, sizeof err);
     if (rc < 0) {
         if (rank == 0) fprintf(stderr, "t5pretrain: error: %s\n", err);
         return finish_(T5_EXIT_CONFIG);

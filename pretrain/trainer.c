@@ -35,6 +35,13 @@
 #include "t5_config.h"
 #include "t5_model.h"
 
+/* The figures of one step, for metrics and the progress line. */
+typedef struct {
+    double loss, ce_tok, z_tok, lr, grad_norm, param_rms, target_tokens, wait_s, step_s;
+    double pp_wait_s, dp_wait_s, dp_reduce_s;
+    double pp_bytes, dp_bytes;   /* sent per rank on each axis, averaged over ranks */
+} StepResult;
+
 struct Trainer {
     TrainOptions o;
     Grid grid;
@@ -79,6 +86,7 @@ struct Trainer {
     double last_save_seconds, max_step_seconds;
     CkptAsync *pending_save;
     size_t estimate_bytes;
+    StepResult last;             /* the last step trainer_step completed */
 };
 
 /* ---------------------------------------------------------------------------------------------
@@ -410,13 +418,6 @@ static int open_loader_(Trainer *t, char *err, size_t errlen) {
 /* ---------------------------------------------------------------------------------------------
  * One step. */
 
-typedef struct {
-    double loss, ce_tok, z_tok, lr, grad_norm, param_rms, target_tokens, wait_s, step_s;
-    double pp_wait_s, dp_wait_s, dp_reduce_s;
-    double pp_bytes, dp_bytes;   /* sent per rank on each axis, averaged over ranks */
-} StepResult;
-
-static StepResult last_result_;
 
 /* Tensors whose values this rank counts in sums over the whole model (gradient norm, parameter
  * RMS, checkpoint pieces): the ones it owns among data-parallel replicas, and of a tensor several
@@ -517,7 +518,7 @@ int trainer_step(Trainer *t) {
     t->tokens += (long long)t->o.batch * t->o.enc_len;
     t->last_loss = r.loss;
     if (r.step_s > t->max_step_seconds) t->max_step_seconds = r.step_s;
-    last_result_ = r;
+    t->last = r;
     return 0;
 }
 
@@ -1336,7 +1337,7 @@ int trainer_run(Trainer *t) {
             if (t->step > 0 && t->last_saved_step != t->step) trainer_save(t, 0);
             return T5_EXIT_FAILURE;
         }
-        StepResult r = last_result_;
+        StepResult r = t->last;
         double val_loss = NAN, val_tokens = 0;
         if (o->eval_every > 0 && (t->step % o->eval_every == 0 || t->step == o->steps)) {
             if (evaluate_(t, o->eval_batches, &val_loss, &val_tokens) != 0) {
@@ -1410,7 +1411,7 @@ static int was_auto_(json_t *autos, const char *name) {
     return 0;
 }
 
-int trainer_options_for_resume(TrainOptions *o, int argc, char **argv, int rank, char *err, size_t errlen) {
+int trainer_options_for_resume(TrainOptions *o, int argc, char **argv, char *err, size_t errlen) {
     Ckpt *ck = open_resume_checkpoint_(o->run_dir, 0, err, errlen);
     if (!ck) return -1;
     char *base = checkpoint_options_(ck);
@@ -1447,7 +1448,6 @@ int trainer_options_for_resume(TrainOptions *o, int argc, char **argv, int rank,
     json_decref(autos);
     now.resume = 1;
     if (options_check_resume(&now, &saved, err, errlen)) return -1;
-    (void)rank;
     *o = now;
     return 0;
 }

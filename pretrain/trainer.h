@@ -50,7 +50,7 @@ int trainer_run(Trainer *t);
  * command line (argv) overrides those that may change (--steps, --save-every, ...), and those
  * that may not (variant, batch, seed, data, lengths...) must match. Values tied to one job or
  * layout (threads, micro-batch, --end-time) start afresh. 0, or -1 with a message in err. */
-int trainer_options_for_resume(TrainOptions *o, int argc, char **argv, int rank, char *err, size_t errlen);
+int trainer_options_for_resume(TrainOptions *o, int argc, char **argv, char *err, size_t errlen);
 
 /* Accessors for tests. */
 long trainer_current_step(const Trainer *t);
