@@ -70,7 +70,7 @@ typedef struct {
     double seconds;         /* wall time in the reductions */
 } TpStats;
 
-typedef struct {
+typedef struct TpCtx {
     MPI_Comm comm;          /* not owned (the grid's tp communicator) */
     int rank, size;
     TpReduce reduce;
@@ -174,7 +174,8 @@ void tp_xent_backward(TpCtx *tp, float *logits, const float *logZ, const int32_t
                       int Vl, float zc, float scale);
 
 /* ---- Adafactor over one split tensor ---- */
-typedef enum { TP_SPLIT_NONE = 0, TP_SPLIT_ROWS = 1, TP_SPLIT_COLS = 2 } TpSplit;
+/* the same values as T5Split (t5_model.h) */
+typedef enum { TP_SPLIT_NONE = T5_SPLIT_NONE, TP_SPLIT_ROWS = T5_SPLIT_ROWS, TP_SPLIT_COLS = T5_SPLIT_COLS } TpSplit;
 /* Factored or not: decided by the global shape exactly as optim_init does. */
 int tp_adafactor_is_factored(const OptimConfig *cfg, int rows, int cols);
 /* Floats of state this rank holds for a tensor of global shape [rows, cols] (cols = 0: 1-D of

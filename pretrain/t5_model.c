@@ -20,14 +20,16 @@
 
 #include "../common/util.h"   /* FATAL, xmalloc*, Rng */
 #include "t5_ops.h"
+#include "../parallel/tp.h"
 
 /* ---------------------------------------------------------------------------------------------
  * Parameter table: Hugging Face names, shapes and state-dict order. */
 
-/* Append tensor `name` to the table when keep is set; the global index counts every tensor of the
- * full model, kept or not, so a stage's tensors carry their whole-model index. */
+/* Append tensor `name` of global shape [s0, s1] to the table when keep is set, split as given
+ * over T tensor-parallel ranks; the global index counts every tensor of the full model, kept or
+ * not, so a stage's tensors carry their whole-model index. */
 static void add_tensor_(T5Model *m, int *cap, size_t *off, int *gidx, int keep, const char *name,
-                        int ndim, int s0, int s1) {
+                        int ndim, int s0, int s1, T5Split split, int T) {
     int g = (*gidx)++;
     if (!keep) return;
     if (m->num_tensors == *cap) {
@@ -37,10 +39,14 @@ static void add_tensor_(T5Model *m, int *cap, size_t *off, int *gidx, int keep, 
     T5Tensor *t = &m->tensors[m->num_tensors++];
     memset(t, 0, sizeof *t);
     snprintf(t->name, sizeof t->name, "%s", name);
+    if (T <= 1) split = T5_SPLIT_NONE;
     t->ndim = ndim;
-    t->shape[0] = s0;
-    t->shape[1] = ndim == 2 ? s1 : 0;
-    t->numel = (size_t)s0 * (ndim == 2 ? (size_t)s1 : 1);
+    t->gshape[0] = s0;
+    t->gshape[1] = ndim == 2 ? s1 : 0;
+    t->split = split;
+    t->shape[0] = split == T5_SPLIT_ROWS ? s0 / T : s0;
+    t->shape[1] = ndim == 2 ? (split == T5_SPLIT_COLS ? s1 / T : s1) : 0;
+    t->numel = (size_t)t->shape[0] * (ndim == 2 ? (size_t)t->shape[1] : 1);
     t->offset = *off;
     t->global_index = g;
     *off += t->numel;
@@ -62,10 +68,20 @@ void t5_model_build(T5Model *m, const T5Config *cfg) {
     t5_model_build_stage(m, cfg, &r);
 }
 
-/* The tensor table of a range (no allocation of the buffers). */
-static void build_table_(T5Model *m, const T5Config *cfg, const T5StageRange *range) {
+void t5_config_tp_local(const T5Config *cfg, int T, T5Config *local) {
+    *local = *cfg;
+    if (T <= 1) return;
+    local->n_heads = cfg->n_heads / T;
+    local->d_ff = cfg->d_ff / T;
+    local->vocab_size = cfg->vocab_size / T;
+}
+
+/* The tensor table of a range split over T ranks (no allocation of the buffers). */
+static void build_table_(T5Model *m, const T5Config *cfg, const T5StageRange *range, int T) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
+    t5_config_tp_local(cfg, T, &m->lc);
+    m->tp_size = T > 1 ? T : 1;
     m->range = *range;
     const T5Config *c = cfg;
     const T5StageRange *r = range;
@@ -86,8 +102,9 @@ static void build_table_(T5Model *m, const T5Config *cfg, const T5StageRange *ra
     int cap = 0, gidx = 0;
     size_t off = 0;
     char nm[96];
+    const T5Split R = T5_SPLIT_ROWS, C = T5_SPLIT_COLS, W = T5_SPLIT_NONE;
     add_tensor_(m, &cap, &off, &gidx, r->embed || dec_embed || (r->head && c->tied_embedding),
-                "shared.weight", 2, V, d);
+                "shared.weight", 2, V, d, R, T);
     for (int stack = 0; stack < 2; stack++) {
         const char *sn = stack == 0 ? "encoder" : "decoder";
         int L = stack == 0 ? c->n_enc_layers : c->n_dec_layers;
@@ -97,54 +114,73 @@ static void build_table_(T5Model *m, const T5Config *cfg, const T5StageRange *ra
             static const char *qkvo[4] = {"q", "k", "v", "o"};
             for (int w = 0; w < 4; w++) {
                 snprintf(nm, sizeof nm, "%s.block.%d.layer.0.SelfAttention.%s.weight", sn, l, qkvo[w]);
-                add_tensor_(m, &cap, &off, &gidx, keep, nm, 2, w < 3 ? HK : d, w < 3 ? d : HK);
+                add_tensor_(m, &cap, &off, &gidx, keep, nm, 2, w < 3 ? HK : d, w < 3 ? d : HK, w < 3 ? R : C, T);
             }
             if (l == 0) {   /* the stack's one bias table: on every stage running its blocks */
                 snprintf(nm, sizeof nm, "%s.block.0.layer.0.SelfAttention.relative_attention_bias.weight", sn);
-                add_tensor_(m, &cap, &off, &gidx, b1 > b0, nm, 2, nb, H);
+                add_tensor_(m, &cap, &off, &gidx, b1 > b0, nm, 2, nb, H, W, T);
             }
             snprintf(nm, sizeof nm, "%s.block.%d.layer.0.layer_norm.weight", sn, l);
-            add_tensor_(m, &cap, &off, &gidx, keep, nm, 1, d, 0);
+            add_tensor_(m, &cap, &off, &gidx, keep, nm, 1, d, 0, W, T);
             int ff = 1;
             if (stack == 1) {
                 for (int w = 0; w < 4; w++) {
                     snprintf(nm, sizeof nm, "%s.block.%d.layer.1.EncDecAttention.%s.weight", sn, l, qkvo[w]);
-                    add_tensor_(m, &cap, &off, &gidx, keep, nm, 2, w < 3 ? HK : d, w < 3 ? d : HK);
+                    add_tensor_(m, &cap, &off, &gidx, keep, nm, 2, w < 3 ? HK : d, w < 3 ? d : HK, w < 3 ? R : C, T);
                 }
                 snprintf(nm, sizeof nm, "%s.block.%d.layer.1.layer_norm.weight", sn, l);
-                add_tensor_(m, &cap, &off, &gidx, keep, nm, 1, d, 0);
+                add_tensor_(m, &cap, &off, &gidx, keep, nm, 1, d, 0, W, T);
                 ff = 2;
             }
             if (gated) {
                 snprintf(nm, sizeof nm, "%s.block.%d.layer.%d.DenseReluDense.wi_0.weight", sn, l, ff);
-                add_tensor_(m, &cap, &off, &gidx, keep, nm, 2, f, d);
+                add_tensor_(m, &cap, &off, &gidx, keep, nm, 2, f, d, R, T);
                 snprintf(nm, sizeof nm, "%s.block.%d.layer.%d.DenseReluDense.wi_1.weight", sn, l, ff);
-                add_tensor_(m, &cap, &off, &gidx, keep, nm, 2, f, d);
+                add_tensor_(m, &cap, &off, &gidx, keep, nm, 2, f, d, R, T);
             } else {
                 snprintf(nm, sizeof nm, "%s.block.%d.layer.%d.DenseReluDense.wi.weight", sn, l, ff);
-                add_tensor_(m, &cap, &off, &gidx, keep, nm, 2, f, d);
+                add_tensor_(m, &cap, &off, &gidx, keep, nm, 2, f, d, R, T);
             }
             snprintf(nm, sizeof nm, "%s.block.%d.layer.%d.DenseReluDense.wo.weight", sn, l, ff);
-            add_tensor_(m, &cap, &off, &gidx, keep, nm, 2, d, f);
+            add_tensor_(m, &cap, &off, &gidx, keep, nm, 2, d, f, C, T);
             snprintf(nm, sizeof nm, "%s.block.%d.layer.%d.layer_norm.weight", sn, l, ff);
-            add_tensor_(m, &cap, &off, &gidx, keep, nm, 1, d, 0);
+            add_tensor_(m, &cap, &off, &gidx, keep, nm, 1, d, 0, W, T);
         }
         snprintf(nm, sizeof nm, "%s.final_layer_norm.weight", sn);
-        add_tensor_(m, &cap, &off, &gidx, stack == 0 ? r->enc_norm : r->head, nm, 1, d, 0);
+        add_tensor_(m, &cap, &off, &gidx, stack == 0 ? r->enc_norm : r->head, nm, 1, d, 0, W, T);
     }
-    if (!c->tied_embedding) add_tensor_(m, &cap, &off, &gidx, r->head, "lm_head.weight", 2, V, d);
+    if (!c->tied_embedding) add_tensor_(m, &cap, &off, &gidx, r->head, "lm_head.weight", 2, V, d, R, T);
     m->num_params = off;
 }
 
-size_t t5_stage_num_params(const T5Config *cfg, const T5StageRange *range) {
+size_t t5_stage_num_params_tp(const T5Config *cfg, const T5StageRange *range, int T) {
     T5Model m;
-    build_table_(&m, cfg, range);
+    build_table_(&m, cfg, range, T);
     free(m.tensors);
     return m.num_params;
 }
 
+size_t t5_stage_num_params(const T5Config *cfg, const T5StageRange *range) {
+    return t5_stage_num_params_tp(cfg, range, 1);
+}
+
 void t5_model_build_stage(T5Model *m, const T5Config *cfg, const T5StageRange *range) {
-    build_table_(m, cfg, range);
+    t5_model_build_stage_tp(m, cfg, range, NULL);
+}
+
+void t5_model_build_stage_tp(T5Model *m, const T5Config *cfg, const T5StageRange *range, struct TpCtx *tp) {
+    int T = tp ? tp->size : 1;
+    if (T > 1) {
+        char err[256];
+        if (tp_check_dims(cfg, T, err, sizeof err))
+            FATAL("check the split with tp_check_dims first", "t5_model_build_stage_tp: %s", err);
+    }
+    build_table_(m, cfg, range, T);
+    if (T > 1) {
+        m->tp = tp;
+        m->tp_rank = tp->rank;
+        m->tp_work = xmalloc(2 * (size_t)cfg->num_buckets * cfg->n_heads * sizeof(float));
+    }
     size_t off = m->num_params;
     m->params = xmalloc_aligned((off ? off : 1) * sizeof(float));
     m->grads = xmalloc_aligned((off ? off : 1) * sizeof(float));
@@ -211,6 +247,31 @@ static void layer_ptrs_(const T5Model *m, float *base, int dec, int l, LayerW *w
 
 enum { INIT_NORMAL, INIT_TRUNC, INIT_UNIFORM, INIT_ONES };
 
+/* Elements [first, first + count) of the tensor with global index gidx into p[0..count): each
+ * chunk is drawn from its start (a truncated normal takes a variable number of draws). */
+static void init_values_(float *p, size_t first, size_t count, int kind, double s, uint64_t seed, int gidx) {
+    const size_t chunk = (size_t)1 << 16;
+    size_t end = first + count;
+    long c0 = (long)(first / chunk), c1 = (long)((end + chunk - 1) / chunk);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (long ch = c0; ch < c1; ch++) {
+        Rng r = rng_make(seed, ((uint64_t)gidx << 32) | (uint64_t)ch);
+        size_t i0 = (size_t)ch * chunk, i1 = i0 + chunk < end ? i0 + chunk : end;
+        for (size_t i = i0; i < i1; i++) {
+            double x;
+            switch (kind) {
+            case INIT_NORMAL: x = s * rng_next_normal(&r); break;
+            case INIT_TRUNC:  /* resample outside +-2 sigma, as tf.truncated_normal */
+                do { x = rng_next_normal(&r); } while (fabs(x) > 2.0);
+                x *= s; break;
+            case INIT_UNIFORM: x = s * (2.0 * rng_next_double(&r) - 1.0); break;
+            default: x = 1.0; break;
+            }
+            if (i >= first) p[i - first] = (float)x;
+        }
+    }
+}
+
 void t5_model_init_weights(T5Model *m, uint64_t seed) {
     const T5Config *c = &m->cfg;
     double d = c->d_model, k = c->d_kv, HK = (double)c->n_heads * c->d_kv, f = c->d_ff;
@@ -233,25 +294,15 @@ void t5_model_init_weights(T5Model *m, uint64_t seed) {
         }
         else if (strstr(nm, ".o.weight")) { kind = INIT_NORMAL; s = 1.0 / sqrt(HK); }
         else FATAL("this is a bug in t5_model.c", "no initialiser for tensor '%s'", nm);
-        float *p = m->params + t->offset;
-        const size_t chunk = (size_t)1 << 16;
-        long nchunks = (long)((t->numel + chunk - 1) / chunk);
-#pragma omp parallel for schedule(dynamic, 1)
-        for (long ch = 0; ch < nchunks; ch++) {
-            Rng r = rng_make(seed, ((uint64_t)t->global_index << 32) | (uint64_t)ch);
-            size_t i0 = (size_t)ch * chunk, i1 = i0 + chunk < t->numel ? i0 + chunk : t->numel;
-            for (size_t i = i0; i < i1; i++) {
-                double x;
-                switch (kind) {
-                case INIT_NORMAL: x = s * rng_next_normal(&r); break;
-                case INIT_TRUNC:  /* resample outside +-2 sigma, as tf.truncated_normal */
-                    do { x = rng_next_normal(&r); } while (fabs(x) > 2.0);
-                    x *= s; break;
-                case INIT_UNIFORM: x = s * (2.0 * rng_next_double(&r) - 1.0); break;
-                default: x = 1.0; break;
-                }
-                p[i] = (float)x;
-            }
+        /* the global tensor's values; a split tensor keeps its piece */
+        size_t gnumel = (size_t)t->gshape[0] * (t->ndim == 2 ? (size_t)t->gshape[1] : 1);
+        size_t first = t->split == T5_SPLIT_ROWS ? (size_t)m->tp_rank * t->numel : 0;
+        size_t count = t->split == T5_SPLIT_COLS ? gnumel : t->numel;
+        float *p = t->split == T5_SPLIT_COLS ? xmalloc(gnumel * sizeof(float)) : m->params + t->offset;
+        init_values_(p, first, count, kind, s, seed, t->global_index);
+        if (t->split == T5_SPLIT_COLS) {
+            tp_shard_cols_local(m->params + t->offset, p, t->gshape[0], t->gshape[1], m->tp_size, m->tp_rank);
+            free(p);
         }
     }
 }
@@ -448,9 +499,9 @@ T5Acts *t5_acts_new(const T5Model *m, int B, int Le, int Ld) {
     a->B = B; a->Le = Le; a->Ld = Ld; a->d = m->cfg.d_model;
     a->recompute = m->recompute;
     a->r = m->range;
-    size_t n = carve_acts_(NULL, &m->cfg, &m->range, NULL, B, Le, Ld, a->recompute);
+    size_t n = carve_acts_(NULL, &m->lc, &m->range, NULL, B, Le, Ld, a->recompute);
     a->mem = xmalloc_aligned((n ? n : 1) * sizeof(float));
-    carve_acts_(a, &m->cfg, &m->range, a->mem, B, Le, Ld, a->recompute);
+    carve_acts_(a, &m->lc, &m->range, a->mem, B, Le, Ld, a->recompute);
     a->imem = xmalloc(acts_ints_(B, Le, Ld) * sizeof(int32_t));
     size_t N = (size_t)B * Le, M = (size_t)B * Ld;
     a->enc_ids = a->imem;
@@ -474,13 +525,13 @@ static T5Scratch *scratch_for_(T5Model *m, int B, int Le, int Ld) {
     int nt = omp_get_max_threads();
     if (s && s->B >= B && s->Le == Le && s->Ld == Ld && s->nthreads == nt) return s;
     if (!s) s = m->scratch = xcalloc(1, sizeof *s);
-    size_t need = carve_scratch_(NULL, &m->cfg, &m->range, NULL, B, Le, Ld, m->recompute, nt);
+    size_t need = carve_scratch_(NULL, &m->lc, &m->range, NULL, B, Le, Ld, m->recompute, nt);
     if (need > s->cap) {
         free(s->mem);
         s->mem = xmalloc_aligned(need * sizeof(float));
         s->cap = need;
     }
-    carve_scratch_(s, &m->cfg, &m->range, s->mem, B, Le, Ld, m->recompute, nt);
+    carve_scratch_(s, &m->lc, &m->range, s->mem, B, Le, Ld, m->recompute, nt);
     s->B = B; s->Le = Le; s->Ld = Ld; s->nthreads = nt;
     return s;
 }
@@ -491,6 +542,7 @@ void t5_model_free(T5Model *m) {
     free(m->params);
     free(m->grads);
     free(m->tensors);
+    free(m->tp_work);
     memset(m, 0, sizeof *m);
 }
 
@@ -548,13 +600,29 @@ static void dec_block_acts_(const T5Acts *a, const T5Scratch *s, const T5Config 
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Tensor parallelism inside the sub-layers (tp NULL: one rank). A column-parallel product
+ * (q, k, v, wi, the head) needs nothing forward; its input gradient is this rank's part of a
+ * sum (tp_sum_). A row-parallel product (o, wo) adds this rank's part into the replicated
+ * residual stream and sums over the group (out_proj_). */
+
+static void tp_sum_(TpCtx *tp, float *buf, size_t n) {
+    if (tp) tp_allreduce_sum(tp, buf, n);
+}
+
+/* out[T, OC] += inp[T, Kl] . W[OC, Kl]^T, summed over the group. */
+static void out_proj_(TpCtx *tp, float *out, const float *inp, const float *W, int T, int Kl, int OC) {
+    if (tp) tp_rowpar_forward(tp, out, inp, W, T, Kl, OC, 1.0f);
+    else t5_matmul_forward(out, inp, W, T, Kl, OC, 1.0f, 1.0f);
+}
+
+/* ---------------------------------------------------------------------------------------------
  * The two pre-norm sub-layers both stacks share, forward next to backward. T = B*L tokens of one
  * stack; the backward takes s->d_res = dL/d(sub-layer output) and leaves dL/d(sub-layer input)
  * there (the residual path plus the rmsnorm input gradient); weight gradients go to gw (+=). */
 
 /* Self-attention: x1[T,d] = x0 + Attn(ln = rmsnorm(x0)) . o^T, keeping ln[T,d], rstd[T],
  * qkv[T,3HK], att[B,H,L,L] and ctx[T,HK]. bias: [H, 2L-1] of the stack; causal for the decoder. */
-static void self_attn_forward_(const T5Config *c, const LayerW *w, float *x1, const float *x0,
+static void self_attn_forward_(TpCtx *tp, const T5Config *c, const LayerW *w, float *x1, const float *x0,
                                float *ln, float *rstd, float *qkv, float *att, float *ctx,
                                const float *bias, const int32_t *seg, int causal, int B, int L) {
     int d = c->d_model, H = c->n_heads, K = c->d_kv, HK = H * K, T = B * L;
@@ -563,11 +631,11 @@ static void self_attn_forward_(const T5Config *c, const LayerW *w, float *x1, co
     t5_attention_forward(ctx, HK, att, qkv, 3 * HK, qkv + HK, 3 * HK, qkv + 2 * HK, 3 * HK, bias,
                          seg, seg, causal, B, L, L, H, K);
     memcpy(x1, x0, (size_t)T * d * sizeof(float));
-    t5_matmul_forward(x1, ctx, w->o, T, HK, d, 1.0f, 1.0f);
+    out_proj_(tp, x1, ctx, w->o, T, HK, d);
 }
 
 /* dbias[B,H,2L-1] += the relative-bias gradient of this layer. */
-static void self_attn_backward_(T5Scratch *s, const T5Config *c, const LayerW *w,
+static void self_attn_backward_(TpCtx *tp, T5Scratch *s, const T5Config *c, const LayerW *w,
                                 const LayerW *gw, const float *x0, const float *ln,
                                 const float *rstd, const float *qkv, const float *att,
                                 const float *ctx, float *dbias, int B, int L) {
@@ -577,42 +645,45 @@ static void self_attn_backward_(T5Scratch *s, const T5Config *c, const LayerW *w
                           s->d_ctx, HK, att, qkv, 3 * HK, qkv + HK, 3 * HK, qkv + 2 * HK, 3 * HK, B,
                           L, L, H, K, s->att_scratch, s->nthreads);
     t5_matmul_backward(s->d_ln, 0.0f, gw->qkv, s->d_qkv, ln, w->qkv, T, d, 3 * HK, 1.0f);
+    tp_sum_(tp, s->d_ln, (size_t)T * d);
     t5_rmsnorm_backward(s->d_res, gw->ln_sa, s->d_ln, x0, w->ln_sa, rstd, T, d);
 }
 
 /* Feed-forward: x1[T,d] = x0 + FFN(ln = rmsnorm(x0)), keeping ln, rstd, ffu (gated only), ffh. */
-static void ffn_sublayer_forward_(const T5Config *c, const LayerW *w, float *x1, const float *x0,
+static void ffn_sublayer_forward_(TpCtx *tp, const T5Config *c, const LayerW *w, float *x1, const float *x0,
                                   float *ln, float *rstd, float *ffu, float *ffh, int T) {
     int d = c->d_model;
     t5_rmsnorm_forward(ln, rstd, x0, w->ln_ff, T, d, c->layer_norm_eps);
     memcpy(x1, x0, (size_t)T * d * sizeof(float));
-    t5_ffn_forward(x1, ffu, ffh, ln, w->wi, w->wo, T, d, c->d_ff, c->ffn);
+    if (tp) tp_ffn_forward(tp, x1, ffu, ffh, ln, w->wi, w->wo, T, d, c->d_ff, c->ffn);
+    else t5_ffn_forward(x1, ffu, ffh, ln, w->wi, w->wo, T, d, c->d_ff, c->ffn);
 }
 
-static void ffn_sublayer_backward_(T5Scratch *s, const T5Config *c, const LayerW *w,
+static void ffn_sublayer_backward_(TpCtx *tp, T5Scratch *s, const T5Config *c, const LayerW *w,
                                    const LayerW *gw, const float *x0, const float *ln,
                                    const float *rstd, const float *ffu, const float *ffh, int T) {
     int d = c->d_model;
     t5_ffn_backward(s->d_ln, gw->wi, gw->wo, s->d_ffh, s->d_ffu, s->d_res, ffu, ffh, ln, w->wi,
                     w->wo, T, d, c->d_ff, c->ffn);
+    tp_sum_(tp, s->d_ln, (size_t)T * d);
     t5_rmsnorm_backward(s->d_res, gw->ln_ff, s->d_ln, x0, w->ln_ff, rstd, T, d);
 }
 
 /* One encoder block forward: bidirectional self-attention, then feed-forward. */
 static void enc_block_forward_(const T5Model *m, const T5Acts *a, const EncBlockActs *e, const LayerW *w) {
-    const T5Config *c = &m->cfg;
+    const T5Config *c = &m->lc;
     int N = a->B * a->Le;
-    self_attn_forward_(c, w, e->x1, e->x0, e->ln0, e->r0, e->qkv, e->att, e->ctx, a->enc_bias,
+    self_attn_forward_(m->tp, c, w, e->x1, e->x0, e->ln0, e->r0, e->qkv, e->att, e->ctx, a->enc_bias,
                        a->enc_seg, 0, a->B, a->Le);
-    ffn_sublayer_forward_(c, w, e->x2, e->x1, e->ln1, e->r1, e->ffu, e->ffh, N);
+    ffn_sublayer_forward_(m->tp, c, w, e->x2, e->x1, e->ln1, e->r1, e->ffu, e->ffh, N);
 }
 
 /* One decoder block forward: causal self-attention, cross-attention on enc_out, feed-forward. */
 static void dec_block_forward_(const T5Model *m, const T5Acts *a, const DecBlockActs *e, const LayerW *w) {
-    const T5Config *c = &m->cfg;
+    const T5Config *c = &m->lc;
     int B = a->B, Le = a->Le, Ld = a->Ld, d = c->d_model, H = c->n_heads, K = c->d_kv, HK = H * K;
     int N = B * Le, M = B * Ld;
-    self_attn_forward_(c, w, e->x1, e->x0, e->ln0, e->r0, e->qkv, e->att, e->ctx, a->dec_bias,
+    self_attn_forward_(m->tp, c, w, e->x1, e->x0, e->ln0, e->r0, e->qkv, e->att, e->ctx, a->dec_bias,
                        a->dec_seg, 1, B, Ld);
     /* cross-attention on the encoder output, no position bias */
     t5_rmsnorm_forward(e->ln1, e->r1, e->x1, w->ln_ca, M, d, c->layer_norm_eps);
@@ -621,8 +692,8 @@ static void dec_block_forward_(const T5Model *m, const T5Acts *a, const DecBlock
     t5_attention_forward(e->xctx, HK, e->xatt, e->xq, HK, e->xkv, 2 * HK, e->xkv + HK, 2 * HK, NULL,
                          a->dec_seg, a->enc_seg, 0, B, Ld, Le, H, K);
     memcpy(e->x2, e->x1, (size_t)M * d * sizeof(float));
-    t5_matmul_forward(e->x2, e->xctx, w->xo, M, HK, d, 1.0f, 1.0f);
-    ffn_sublayer_forward_(c, w, e->x3, e->x2, e->ln2, e->r2, e->ffu, e->ffh, M);
+    out_proj_(m->tp, e->x2, e->xctx, w->xo, M, HK, d);
+    ffn_sublayer_forward_(m->tp, c, w, e->x3, e->x2, e->ln2, e->r2, e->ffu, e->ffh, M);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -636,6 +707,46 @@ static float *enc_bias_table_(const T5Model *m, float *base) {
 }
 static float *dec_bias_table_(const T5Model *m, float *base) {
     return tensor_ptr_(m, base, "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight");
+}
+
+/* Relative position bias of this rank's heads: bias[Hl, Lq+Lk-1] from columns [r Hl, (r+1) Hl)
+ * of the whole table [nb, H] (every rank holds it). */
+static void relbias_forward_(const T5Model *m, float *bias, const float *table, int L, int bidir) {
+    const T5Config *c = &m->cfg;
+    int Hl = m->lc.n_heads;
+    if (m->tp) {
+        tp_shard_cols_local(m->tp_work, table, c->num_buckets, c->n_heads, m->tp_size, m->tp_rank);
+        table = m->tp_work;
+    }
+    t5_relbias_forward(bias, table, L, L, Hl, bidir, c->num_buckets, c->max_distance);
+}
+
+/* dtable[nb, H] += the gradient of this call; with tensor parallelism each rank has its heads'
+ * columns, summed over the group so that every rank holds the whole table's gradient. */
+static void relbias_backward_(const T5Model *m, float *dtable, const float *dbias, int B, int L, int bidir) {
+    const T5Config *c = &m->cfg;
+    int nb = c->num_buckets, H = c->n_heads, Hl = m->lc.n_heads;
+    if (!m->tp) {
+        t5_relbias_backward(dtable, dbias, B, L, L, H, bidir, nb, c->max_distance);
+        return;
+    }
+    float *local = m->tp_work, *whole = m->tp_work + (size_t)nb * H;
+    memset(local, 0, (size_t)nb * Hl * sizeof(float));
+    memset(whole, 0, (size_t)nb * H * sizeof(float));
+    t5_relbias_backward(local, dbias, B, L, L, Hl, bidir, nb, c->max_distance);
+    tp_unshard_cols_local(whole, local, nb, H, m->tp_size, m->tp_rank);
+    tp_allreduce_sum(m->tp, whole, (size_t)nb * H);
+    for (size_t i = 0; i < (size_t)nb * H; i++) dtable[i] += whole[i];
+}
+
+/* Embedding lookup (vocabulary-parallel: each rank holds rows [r V/T, ..), one sum). */
+static void embed_forward_(const T5Model *m, float *out, const int32_t *ids, const float *E, int N) {
+    if (m->tp) tp_embedding_forward(m->tp, out, ids, E, N, m->cfg.d_model, m->lc.vocab_size);
+    else t5_embedding_forward(out, ids, E, N, m->cfg.d_model);
+}
+static void embed_backward_(const T5Model *m, float *dE, const int32_t *ids, const float *dout, int N) {
+    if (m->tp) tp_embedding_backward(m->tp, dE, ids, dout, N, m->cfg.d_model, m->lc.vocab_size);
+    else t5_embedding_backward(dE, ids, dout, N, m->cfg.d_model);
 }
 
 const float *t5_acts_enc_x_out(const T5Acts *a) {
@@ -654,7 +765,7 @@ const float *t5_acts_dec_x_out(const T5Acts *a) {
 
 void t5_stage_forward(T5Model *m, T5Acts *a, const T5Batch *b, const T5StageIn *in, float z_loss_coef,
                       T5LossStats *out) {
-    const T5Config *c = &m->cfg;
+    const T5Config *c = &m->lc;   /* this rank's heads, d_ff and vocabulary */
     const T5StageRange *r = &m->range;
     int B = b->B, Le = b->Le, Ld = b->Ld;
     if (B != a->B || Le != a->Le || Ld != a->Ld)
@@ -674,9 +785,8 @@ void t5_stage_forward(T5Model *m, T5Acts *a, const T5Batch *b, const T5StageIn *
     out->ce_sum = 0.0; out->z_sum = 0.0; out->tokens = 0;
 
     if (has_enc_part_(r)) {
-        if (nE) t5_relbias_forward(a->enc_bias, enc_bias_table_(m, P), Le, Le, c->n_heads, 1,
-                                   c->num_buckets, c->max_distance);
-        if (r->embed) t5_embedding_forward(a->enc_res, a->enc_ids, tensor_ptr_(m, P, "shared.weight"), (int)N, d);
+        if (nE) relbias_forward_(m, a->enc_bias, enc_bias_table_(m, P), Le, 1);
+        if (r->embed) embed_forward_(m, a->enc_res, a->enc_ids, tensor_ptr_(m, P, "shared.weight"), (int)N);
         else memcpy(a->enc_res, in->enc_x, N * d * sizeof(float));
         for (int l = 0; l < nE; l++) {
             LayerW w;
@@ -691,9 +801,8 @@ void t5_stage_forward(T5Model *m, T5Acts *a, const T5Batch *b, const T5StageIn *
     }
     if (nD && !r->enc_norm) memcpy(a->enc_out, in->enc_out, N * d * sizeof(float));
     if (has_dec_part_(r)) {
-        if (nD) t5_relbias_forward(a->dec_bias, dec_bias_table_(m, P), Ld, Ld, c->n_heads, 0,
-                                   c->num_buckets, c->max_distance);
-        if (r->dec_begin == 0 && nD) t5_embedding_forward(a->dec_res, a->dec_ids, tensor_ptr_(m, P, "shared.weight"), (int)M, d);
+        if (nD) relbias_forward_(m, a->dec_bias, dec_bias_table_(m, P), Ld, 0);
+        if (r->dec_begin == 0 && nD) embed_forward_(m, a->dec_res, a->dec_ids, tensor_ptr_(m, P, "shared.weight"), (int)M);
         else memcpy(a->dec_res, in->dec_x, M * d * sizeof(float));
         for (int l = 0; l < nD; l++) {
             LayerW w;
@@ -708,7 +817,8 @@ void t5_stage_forward(T5Model *m, T5Acts *a, const T5Batch *b, const T5StageIn *
             /* logits[M,V] = (dec_out * d^-0.5) E^T (tied) or dec_out lm_head^T */
             float alpha = c->tied_embedding ? 1.0f / sqrtf((float)d) : 1.0f;
             t5_matmul_forward(a->logits, a->dec_out, head_weight_(m, P), (int)M, d, V, alpha, 0.0f);
-            t5_xent_forward(out, a->logZ, a->logits, a->labels, (int)M, V);
+            if (m->tp) tp_xent_forward(m->tp, out, a->logZ, a->logits, a->labels, (int)M, V);
+            else t5_xent_forward(out, a->logZ, a->logits, a->labels, (int)M, V);
         }
     }
     a->have_forward = 1;
@@ -737,7 +847,7 @@ static void ready_name_(const T5Model *m, const T5StageGrad *g, const char *name
 void t5_stage_backward(T5Model *m, T5Acts *a, T5StageGrad *g, float loss_scale) {
     if (!a || !a->have_forward)
         FATAL("call the forward before the backward", "t5_stage_backward: no forward");
-    const T5Config *c = &m->cfg;
+    const T5Config *c = &m->lc;   /* this rank's heads, d_ff and vocabulary */
     const T5StageRange *r = &m->range;
     int B = a->B, Le = a->Le, Ld = a->Ld;
     int d = c->d_model, H = c->n_heads, K = c->d_kv, HK = H * K, V = c->vocab_size;
@@ -749,10 +859,12 @@ void t5_stage_backward(T5Model *m, T5Acts *a, T5StageGrad *g, float loss_scale) 
 
     if (has_dec_part_(r)) {
         if (r->head) {   /* loss and head */
-            t5_xent_backward(a->logits, a->logZ, a->labels, (int)M, V, a->zc, loss_scale);
+            if (m->tp) tp_xent_backward(m->tp, a->logits, a->logZ, a->labels, (int)M, V, a->zc, loss_scale);
+            else t5_xent_backward(a->logits, a->logZ, a->labels, (int)M, V, a->zc, loss_scale);
             float alpha = c->tied_embedding ? 1.0f / sqrtf((float)d) : 1.0f;
             t5_matmul_backward(s->d_ln, 0.0f, head_weight_(m, G), a->logits, a->dec_out,
                                head_weight_(m, P), (int)M, d, V, alpha);
+            tp_sum_(m->tp, s->d_ln, M * d);
             memset(s->d_res, 0, M * d * sizeof(float));
             t5_rmsnorm_backward(s->d_res, tensor_ptr_(m, G, "decoder.final_layer_norm.weight"), s->d_ln,
                                 a->dec_res + (size_t)(3 * nD) * M * d,
@@ -775,7 +887,7 @@ void t5_stage_backward(T5Model *m, T5Acts *a, T5StageGrad *g, float loss_scale) 
             dec_block_acts_(a, s, c, l, &e);
             if (a->recompute) dec_block_forward_(m, a, &e, &w);
             /* feed-forward */
-            ffn_sublayer_backward_(s, c, &w, &gw, e.x2, e.ln2, e.r2, e.ffu, e.ffh, (int)M);
+            ffn_sublayer_backward_(m->tp, s, c, &w, &gw, e.x2, e.ln2, e.r2, e.ffu, e.ffh, (int)M);
             /* cross-attention */
             t5_matmul_backward(s->d_ctx, 0.0f, gw.xo, s->d_res, e.xctx, w.xo, (int)M, HK, d, 1.0f);
             float *dxkv = s->d_qkv;
@@ -783,19 +895,21 @@ void t5_stage_backward(T5Model *m, T5Acts *a, T5StageGrad *g, float loss_scale) 
                                   e.xq, HK, e.xkv, 2 * HK, e.xkv + HK, 2 * HK, B, Ld, Le, H, K,
                                   s->att_scratch, s->nthreads);
             t5_matmul_backward(s->d_ln, 0.0f, gw.xq, s->d_q, e.ln1, w.xq, (int)M, d, HK, 1.0f);
+            tp_sum_(m->tp, s->d_ln, M * d);
+            /* this rank's part of the encoder output's gradient: summed once after the loop */
             t5_matmul_backward(s->d_enc_out, 1.0f, gw.xkv, dxkv, a->enc_out, w.xkv, (int)N, d, 2 * HK, 1.0f);
             t5_rmsnorm_backward(s->d_res, gw.ln_ca, s->d_ln, e.x1, w.ln_ca, e.r1, (int)M, d);
             /* causal self-attention */
-            self_attn_backward_(s, c, &w, &gw, e.x0, e.ln0, e.r0, e.qkv, e.att, e.ctx, s->d_bias_dec, B, Ld);
+            self_attn_backward_(m->tp, s, c, &w, &gw, e.x0, e.ln0, e.r0, e.qkv, e.att, e.ctx, s->d_bias_dec, B, Ld);
             snprintf(prefix, sizeof prefix, "decoder.block.%d.", gl);
             ready_prefix_(m, g, prefix);
         }
         if (nD) {
-            t5_relbias_backward(dec_bias_table_(m, G), s->d_bias_dec, B, Ld, Ld, H, 0, c->num_buckets,
-                                c->max_distance);
+            relbias_backward_(m, dec_bias_table_(m, G), s->d_bias_dec, B, Ld, 0);
+            tp_sum_(m->tp, s->d_enc_out, N * d);
             ready_name_(m, g, "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight");
         }
-        if (r->dec_begin == 0 && nD) t5_embedding_backward(tensor_ptr_(m, G, "shared.weight"), a->dec_ids, s->d_res, (int)M, d);
+        if (r->dec_begin == 0 && nD) embed_backward_(m, tensor_ptr_(m, G, "shared.weight"), a->dec_ids, s->d_res, (int)M);
         else memcpy(g->d_dec_x_in, s->d_res, M * d * sizeof(float));
     }
     if (nD && !r->enc_norm) memcpy(g->d_enc_out_part, s->d_enc_out, N * d * sizeof(float));
@@ -828,17 +942,16 @@ void t5_stage_backward(T5Model *m, T5Acts *a, T5StageGrad *g, float loss_scale) 
             layer_ptrs_(m, G, 0, gl, &gw);
             enc_block_acts_(a, s, c, l, &e);
             if (a->recompute) enc_block_forward_(m, a, &e, &w);
-            ffn_sublayer_backward_(s, c, &w, &gw, e.x1, e.ln1, e.r1, e.ffu, e.ffh, (int)N);
-            self_attn_backward_(s, c, &w, &gw, e.x0, e.ln0, e.r0, e.qkv, e.att, e.ctx, s->d_bias_enc, B, Le);
+            ffn_sublayer_backward_(m->tp, s, c, &w, &gw, e.x1, e.ln1, e.r1, e.ffu, e.ffh, (int)N);
+            self_attn_backward_(m->tp, s, c, &w, &gw, e.x0, e.ln0, e.r0, e.qkv, e.att, e.ctx, s->d_bias_enc, B, Le);
             snprintf(prefix, sizeof prefix, "encoder.block.%d.", gl);
             ready_prefix_(m, g, prefix);
         }
         if (nE) {
-            t5_relbias_backward(enc_bias_table_(m, G), s->d_bias_enc, B, Le, Le, H, 1, c->num_buckets,
-                                c->max_distance);
+            relbias_backward_(m, enc_bias_table_(m, G), s->d_bias_enc, B, Le, 1);
             ready_name_(m, g, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight");
         }
-        if (r->embed) t5_embedding_backward(tensor_ptr_(m, G, "shared.weight"), a->enc_ids, s->d_res, (int)N, d);
+        if (r->embed) embed_backward_(m, tensor_ptr_(m, G, "shared.weight"), a->enc_ids, s->d_res, (int)N);
         else memcpy(g->d_enc_x_in, s->d_res, N * d * sizeof(float));
     }
     ready_name_(m, g, "shared.weight");

@@ -24,10 +24,17 @@
 #include "t5_batch.h"
 #include "t5_config.h"
 
+/* How a tensor-parallel rank's tensor relates to the global one (T = tp size, r = tp rank;
+ * parallel/tp.h): whole, rows [r R/T, (r+1) R/T) (a contiguous element range), or columns
+ * [r C/T, (r+1) C/T) held as a dense [R, C/T] array. */
+typedef enum { T5_SPLIT_NONE = 0, T5_SPLIT_ROWS = 1, T5_SPLIT_COLS = 2 } T5Split;
+
 typedef struct {
     char name[96];     /* Hugging Face name, e.g. "encoder.block.0.layer.0.SelfAttention.q.weight" */
     int ndim;          /* 1 or 2 */
-    int shape[2];      /* Hugging Face shape */
+    int shape[2];      /* shape held here (the Hugging Face shape, or this rank's piece of it) */
+    int gshape[2];     /* the Hugging Face (global) shape */
+    T5Split split;     /* T5_SPLIT_NONE unless tensor-parallel */
     size_t offset;     /* in floats, into params/grads */
     size_t numel;
     int global_index;  /* index in the full model's table (a stage holds a subset) */
@@ -53,8 +60,15 @@ typedef struct {
 typedef struct T5Acts T5Acts;          /* one micro-batch's saved activations; t5_model.c */
 typedef struct T5Scratch T5Scratch;    /* backward scratch shared by all micro-batches */
 
+struct TpCtx;   /* parallel/tp.h */
+
 typedef struct {
-    T5Config cfg;
+    T5Config cfg;             /* the whole model's config */
+    T5Config lc;              /* what this rank computes: cfg with n_heads, d_ff and vocab_size
+                                 divided by the tensor-parallel size (== cfg without it) */
+    struct TpCtx *tp;         /* NULL, or the tensor-parallel group (size > 1); not owned */
+    int tp_size, tp_rank;
+    float *tp_work;           /* [2 nb H] tensor-parallel relative-bias work (NULL without) */
     T5StageRange range;
     size_t num_params;
     float *params;            /* [num_params], 64-byte aligned */
@@ -76,6 +90,19 @@ void t5_model_build_stage(T5Model *m, const T5Config *cfg, const T5StageRange *r
 void t5_stage_range_full(const T5Config *cfg, T5StageRange *range);
 /* Parameters a stage holds (shared tensors included), without allocating anything. */
 size_t t5_stage_num_params(const T5Config *cfg, const T5StageRange *range);
+
+/* Tensor parallelism (Megatron-LM's split, parallel/tp.h): q, k, v, wi (wi_0, wi_1), the
+ * embedding and lm_head are split by rows (heads, d_ff, vocabulary), o and wo by columns; norms
+ * and relative-bias tables are whole on every rank. Each sub-layer's forward ends with one sum
+ * over the group, and so does the backward of its input; the vocabulary-parallel loss never
+ * gathers the logits. tp == NULL or of size 1 is t5_model_build_stage. Initialisation gives each
+ * rank its piece of the whole model's values. The split dimensions must divide by the size
+ * (tp_check_dims). */
+void t5_model_build_stage_tp(T5Model *m, const T5Config *cfg, const T5StageRange *range, struct TpCtx *tp);
+size_t t5_stage_num_params_tp(const T5Config *cfg, const T5StageRange *range, int T);
+/* cfg with n_heads, d_ff and vocab_size divided by T: what one rank computes (for the sizes of
+ * t5_acts_bytes / t5_scratch_bytes). */
+void t5_config_tp_local(const T5Config *cfg, int T, T5Config *local);
 void t5_model_free(T5Model *m);
 
 /* Mesh TensorFlow initialisation (docs/t5-recipe.md section 3), a pure function of seed and of each

@@ -12,7 +12,7 @@ T=$(tmpdir)
 trap 'rm -rf "$T"' EXIT
 export OMP_NUM_THREADS=1
 MPIRUN=(mpirun --oversubscribe)
-NTESTS=11   # MPI_RUN lines test_tp prints
+NTESTS=13   # MPI_RUN lines test_tp prints
 
 run_collective() {  # label, np, program
     local label=$1 np=$2 prog=$3 out rc n

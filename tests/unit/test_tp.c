@@ -24,6 +24,11 @@
  *   test_cols_rows_layout    a column shard becomes the contiguous global row range and back
  *   test_adafactor_split     Adafactor on row / column shards (factored, unfactored, clipped)
  *                            equal to optim_step on the unsplit tensor over 3 steps
+ *   test_model_v10, test_model_v11   the whole model built with t5_model_build_stage_tp (tied
+ *                            ReLU and untied gated-GELU): initial values are the shards of the
+ *                            unsplit model's, loss and every gradient shard match the unsplit
+ *                            model over two accumulated micro-batches (with and without
+ *                            recomputation), replicated gradients bit-identical over the group
  */
 #include <mpi.h>
 #include <omp.h>
@@ -35,6 +40,7 @@
 #include "parallel/tp.h"
 #include "pretrain/gemm.h"
 #include "pretrain/optim.h"
+#include "pretrain/t5_model.h"
 #include "pretrain/t5_ops.h"
 #include "tests/unit/test.h"
 
@@ -510,6 +516,115 @@ static void test_adafactor_split(void) {
     });
 }
 
+/* ---- the whole model split ---- */
+
+static T5Config model_cfg_(int v11) {
+    T5Config c;
+    memset(&c, 0, sizeof c);
+    snprintf(c.name, sizeof c.name, "test-tp-model");
+    c.n_enc_layers = 2; c.n_dec_layers = 2; c.d_model = 16; c.d_ff = 24; c.n_heads = 4;
+    c.d_kv = 8; c.vocab_size = 80; c.num_buckets = 32; c.max_distance = 128;
+    c.ffn = v11 ? T5_FFN_GATED_GELU : T5_FFN_RELU;
+    c.tied_embedding = !v11;
+    c.layer_norm_eps = 1e-6f;
+    return c;
+}
+
+/* Two rows with packed segments and padding; ids drawn over the whole vocabulary. */
+static void model_batch_(T5Batch *b, int V) {
+    int B = 2, Le = 10, Ld = 6;
+    t5_batch_alloc(b, B, Le, Ld);
+    static const int32_t es[2][10] = {{1, 1, 1, 1, 2, 2, 2, 0, 0, 0}, {1, 1, 1, 1, 1, 1, 1, 1, 1, 1}};
+    static const int32_t ds[2][6] = {{1, 1, 2, 2, 2, 0}, {1, 1, 1, 1, 0, 0}};
+    seed_(5);
+    for (int i = 0; i < B; i++) {
+        for (int t = 0; t < Le; t++) {
+            b->enc_seg[i * Le + t] = es[i][t];
+            b->enc_ids[i * Le + t] = es[i][t] ? 1 + (int)((urand_() + 1.0f) * 0.5f * (V - 2)) : 0;
+        }
+        for (int t = 0; t < Ld; t++) {
+            b->dec_seg[i * Ld + t] = ds[i][t];
+            b->labels[i * Ld + t] = ds[i][t] ? 1 + (int)((urand_() + 1.0f) * 0.5f * (V - 2)) : 0;
+            int start = t == 0 || ds[i][t - 1] != ds[i][t];
+            b->dec_in_ids[i * Ld + t] = (ds[i][t] && !start) ? b->labels[i * Ld + t - 1] : 0;
+        }
+    }
+}
+
+/* This rank's piece of the whole model's tensor j (as the split model lays it out). */
+static float *piece_of_(const T5Model *whole, const float *base, const T5Tensor *t, int T, int r) {
+    const T5Tensor *w = &whole->tensors[t5_model_find_tensor(whole, t->name)];
+    float *p = malloc(t->numel * sizeof(float) + 1);
+    if (t->split == T5_SPLIT_ROWS) tp_shard_rows_local(p, base + w->offset, w->shape[0], w->shape[1], T, r);
+    else if (t->split == T5_SPLIT_COLS) tp_shard_cols_local(p, base + w->offset, w->shape[0], w->shape[1], T, r);
+    else memcpy(p, base + w->offset, t->numel * sizeof(float));
+    return p;
+}
+
+static void model_case_(TpCtx *tp, int T, TpReduce red, int v11, int recompute) {
+    T5Config c = model_cfg_(v11);
+    T5Model whole, split;
+    t5_model_build(&whole, &c);
+    t5_model_init_weights(&whole, 11);
+    t5_model_build_stage_tp(&split, &c, &whole.range, tp);
+    split.recompute = recompute;
+    t5_model_init_weights(&split, 11);
+    CHECKF(split.num_tensors == whole.num_tensors, "tensor count %d vs %d", split.num_tensors, whole.num_tensors);
+    size_t expect_local = 0;
+    for (int i = 0; i < split.num_tensors; i++) {
+        const T5Tensor *t = &split.tensors[i];
+        expect_local += t->numel;
+        float *want = piece_of_(&whole, whole.params, t, T, tp->rank);
+        CHECKF(memcmp(want, split.params + t->offset, t->numel * sizeof(float)) == 0,
+               "initial values of %s (T %d) are not the shard of the whole model's", t->name, T);
+        free(want);
+    }
+    CHECK_EQ_INT(split.num_params, expect_local);
+    CHECK_EQ_INT(t5_stage_num_params_tp(&c, &whole.range, T), split.num_params);
+    T5Batch b;
+    model_batch_(&b, c.vocab_size);
+    T5LossStats ref[2], got[2];
+    t5_model_zero_grad(&whole);
+    t5_model_zero_grad(&split);
+    for (int k = 0; k < 2; k++) {   /* two micro-batches accumulate */
+        t5_model_forward(&whole, &b, 1e-4f, &ref[k]);
+        t5_model_backward(&whole, 0.05f);
+        t5_model_forward(&split, &b, 1e-4f, &got[k]);
+        t5_model_backward(&split, 0.05f);
+        CHECKF(fabs(got[k].ce_sum - ref[k].ce_sum) <= 1e-5 * fabs(ref[k].ce_sum),
+               "ce_sum %.9g vs %.9g (T %d %s v11 %d)", got[k].ce_sum, ref[k].ce_sum, T, tp_reduce_name(red), v11);
+        CHECKF(fabs(got[k].z_sum - ref[k].z_sum) <= 1e-5 * fabs(ref[k].z_sum), "z_sum %.9g vs %.9g", got[k].z_sum,
+               ref[k].z_sum);
+        CHECK_EQ_INT(got[k].tokens, ref[k].tokens);
+        double l[2] = {got[k].ce_sum, got[k].z_sum}, l0[2] = {l[0], l[1]};
+        MPI_Bcast(l0, 2, MPI_DOUBLE, 0, tp->comm);
+        int same = l0[0] == l[0] && l0[1] == l[1], all = 0;
+        MPI_Allreduce(&same, &all, 1, MPI_INT, MPI_MIN, tp->comm);
+        CHECKF(all, "the loss differs between the ranks of the group (T %d)", T);
+    }
+    for (int i = 0; i < split.num_tensors; i++) {
+        const T5Tensor *t = &split.tensors[i];
+        float *want = piece_of_(&whole, whole.grads, t, T, tp->rank);
+        char what[160];
+        snprintf(what, sizeof what, "gradient of %s (v11 %d, recompute %d)", t->name, v11, recompute);
+        CHECK_CLOSE(split.grads + t->offset, want, t->numel, 2e-5, what);
+        if (t->split == T5_SPLIT_NONE)
+            CHECKF(same_on_all_(tp->comm, split.grads + t->offset, t->numel),
+                   "replicated gradient of %s differs between ranks (T %d)", t->name, T);
+        free(want);
+    }
+    t5_batch_free(&b);
+    t5_model_free(&split);
+    t5_model_free(&whole);
+}
+
+static void test_model_v10(void) {
+    FOR_GROUPS({ model_case_(tp, T, red, 0, 0); model_case_(tp, T, red, 0, 1); });
+}
+static void test_model_v11(void) {
+    FOR_GROUPS({ model_case_(tp, T, red, 1, 0); model_case_(tp, T, red, 1, 1); });
+}
+
 int main(int argc, char **argv) {
     blas_runtime_setup(argc, argv, 0, 0);
     int level;
@@ -527,6 +642,8 @@ int main(int argc, char **argv) {
     MPI_RUN(test_embedding);
     MPI_RUN(test_cols_rows_layout);
     MPI_RUN(test_adafactor_split);
+    MPI_RUN(test_model_v10);
+    MPI_RUN(test_model_v11);
     MPI_Allreduce(MPI_IN_PLACE, &test_total_failed_, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
     tp_blacs_finalize();
     gemm_release();
