@@ -220,8 +220,9 @@ int optim_init(Optim *opt, const OptimConfig *cfg, const OptimTensor *tensors, i
             need = 2 * t->numel;
             sc = 0;
         } else {
-            int mn = t->cols > 0 ? (t->rows < t->cols ? t->rows : t->cols) : 0;
-            opt->is_factored[i] = cfg->factored && t->cols > 0 && mn >= cfg->min_dim_to_factor;
+            int r = t->split ? t->grows : t->rows, cc = t->split ? t->gcols : t->cols;   /* global shape */
+            int mn = cc > 0 ? (r < cc ? r : cc) : 0;
+            opt->is_factored[i] = cfg->factored && cc > 0 && mn >= cfg->min_dim_to_factor;
             if (opt->is_factored[i]) {
                 need = (size_t)t->rows + (size_t)t->cols;
                 sc = (size_t)t->cols + 2 * (size_t)t->rows;
@@ -440,6 +441,11 @@ double optim_step_tensors(Optim *opt, float *params, const float *grads, long g,
         if (c->kind == OPTIM_ADAMW) {
             adamw_tensor_(c, t->numel, w, gr, st, st + t->numel, lr, g,
                           t->cols > 0 ? c->weight_decay : 0.0);
+        } else if (t->split) {
+            if (!opt->split_step)
+                FATAL("set Optim.split_step for tensor-parallel pieces", "optimizer: tensor %d is split "
+                      "but no split update is set", i);
+            opt->split_step(opt->split_ctx, c, t->split, t->grows, t->gcols, w, gr, st, g);
         } else if (opt->is_factored[i]) {
             adafactor_factored_(c, t->rows, t->cols, w, gr, st, st + t->rows, lr, beta2,
                                 opt->scratch);

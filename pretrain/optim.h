@@ -30,6 +30,11 @@ typedef struct {
     size_t offset;   /* index of its first element in the buffer */
     size_t numel;    /* element count; equals rows*cols for a 2-D tensor */
     int rows, cols;  /* 2-D shape [rows, cols], row-major; cols = 0 (and rows ignored) for 1-D */
+    /* Tensor parallelism: split = 0 for a whole tensor; 1 (rows) or 2 (columns) when this is a
+     * piece [rows, cols] of the global [grows, gcols] (parallel/tp.h's TpSplit). Adafactor then
+     * factors by the global shape and updates through Optim.split_step, whose statistics are
+     * those of the whole tensor; its state keeps the layout above for the local shape. */
+    int split, grows, gcols;
 } OptimTensor;
 
 typedef enum { OPTIM_ADAFACTOR = 0, OPTIM_ADAMW = 1 } OptimKind;
@@ -66,8 +71,14 @@ typedef struct {
     double weight_decay;      /* decoupled, applied only to 2-D tensors (not norms); 0.0 */
 } OptimConfig;
 
+/* Adafactor on a tensor-parallel piece (tp_adafactor_step with its group). Returns the lr. */
+typedef double (*OptimSplitStep)(void *ctx, const OptimConfig *cfg, int split, int grows, int gcols,
+                                 float *W, const float *G, float *state, long g);
+
 typedef struct {
     OptimConfig cfg;
+    OptimSplitStep split_step;   /* set by the caller when the table has split tensors */
+    void *split_ctx;
     int n_tensors;
     OptimTensor *tensors;     /* copy of the table given to optim_init */
     int *is_factored;         /* per tensor: 1 if Adafactor uses the factored R/C state */

@@ -52,7 +52,8 @@ static const ArgSpec SPECS[] = {
     S(pp_split, NULL, "auto|LIST", "stage split: auto (balanced by the cost model) or blocks per stage, e.g. 14,13,13,20 for 48 + 12 blocks", NULL),
     N(ARG_INT, zero, 0, 1, NULL, "1: ZeRO-1, optimizer state sharded over data-parallel ranks", NULL),
     S(recompute, "auto|on|off", NULL, "activation recomputation: keep only block inputs, recompute in backward", "auto: on when the activations would not fit"),
-    N(ARG_INT, tp, 1, 4096, "T", "tensor-parallel size (only 1 in this version)", NULL),
+    N(ARG_INT, tp, 1, 4096, "T", "tensor-parallel size: heads, d_ff and vocabulary split over T adjacent ranks (ranks = pp x dp x tp)", NULL),
+    S(tp_reduce, "mpi|pblas", NULL, "tensor-parallel sums: mpi (local product + MPI_Allreduce) or pblas (psgemm on a BLACS grid; fp32 only)", NULL),
     N(ARG_INT, plan_world, 0, 1 << 24, NULL, "--dry-run: plan for this many ranks instead of the real ones", "0: the real ones"),
     N(ARG_INT, plan_ranks_per_node, 0, 1 << 16, NULL, "--dry-run: ranks per node of the plan", "0: the real ones"),
     F(list_variants, "print the known variants as TSV (name el dl dm ff kv nh params) and exit"),
@@ -100,6 +101,7 @@ void options_defaults(TrainOptions *o) {
     snprintf(o->pp_split, sizeof o->pp_split, "auto");
     snprintf(o->recompute, sizeof o->recompute, "auto");
     o->tp = 1;
+    snprintf(o->tp_reduce, sizeof o->tp_reduce, "mpi");
 }
 
 int options_parse(TrainOptions *o, int argc, char **argv, const char *base_json, FILE *out,

@@ -59,6 +59,7 @@ typedef struct {
     int zero;                 /* 0 | 1 */
     char recompute[8];        /* auto | on | off */
     int tp;                   /* tensor-parallel size */
+    char tp_reduce[8];        /* mpi | pblas */
     /* planning and listing */
     int plan_world;           /* --dry-run: plan for this many ranks (0 = the real world) */
     int plan_ranks_per_node;  /* --dry-run: ranks per node for the plan (0 = the real ones) */

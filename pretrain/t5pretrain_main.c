@@ -12,11 +12,13 @@
 
 #include "common/blas_runtime.h"
 #include "parallel/mpi_check.h"
+#include "parallel/tp.h"
 #include "pretrain/options.h"
 #include "pretrain/t5_config.h"
 #include "pretrain/trainer.h"
 
 static int finish_(int code) {
+    tp_blacs_finalize();   /* BLACS' global state, when --tp-reduce pblas made a grid */
     MPI_Finalize();
     return code;
 }

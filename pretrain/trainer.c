@@ -29,6 +29,7 @@
 #include "../parallel/grid.h"
 #include "../parallel/mpi_check.h"
 #include "../parallel/pipeline.h"
+#include "../parallel/tp.h"
 #include "gemm.h"
 #include "metrics.h"
 #include "optim.h"
@@ -38,8 +39,8 @@
 /* The figures of one step, for metrics and the progress line. */
 typedef struct {
     double loss, ce_tok, z_tok, lr, grad_norm, param_rms, target_tokens, wait_s, step_s;
-    double pp_wait_s, dp_wait_s, dp_reduce_s;
-    double pp_bytes, dp_bytes;   /* sent per rank on each axis, averaged over ranks */
+    double pp_wait_s, dp_wait_s, dp_reduce_s, tp_reduce_s;
+    double pp_bytes, dp_bytes, tp_bytes;   /* sent per rank on each axis, averaged over ranks */
 } StepResult;
 
 struct Trainer {
@@ -51,7 +52,8 @@ struct Trainer {
     double *stage_cost;          /* each stage's share of the cost model */
     int recompute;
     int plan_pp, plan_dp;        /* the layout planned for (the real one, or --plan-world's) */
-    T5Model model;               /* this stage's tensors */
+    T5Model model;               /* this stage's tensors (this tensor-parallel rank's pieces) */
+    TpCtx tp;                    /* the tensor-parallel group (tp.size 0 until tp_init) */
     Pipeline *pipe;              /* pp > 1 */
     DpReducer *dp;
     int *owner;                  /* per tensor: the data-parallel rank that updates and saves it */
@@ -256,11 +258,14 @@ static int resolve_precision_(Trainer *t, char *msg, size_t msglen, char *err, s
 /* Memory one rank needs: its stage's parameters and gradients, its share of the optimizer state
  * (AdamW: two moments; Adafactor's factored state is ~1%; ZeRO-1 divides it by dp), the
  * activation sets its stage keeps in flight (1F1B: P - s of them), the backward scratch, and the
- * bf16 copies when products run in bf16. */
+ * bf16 copies when products run in bf16. With tensor parallelism, parameters, state and the split
+ * activations are this rank's pieces. */
 static double stage_memory_bytes_(const Trainer *t, int stage, int micro, int recompute) {
-    const T5Config *c = &t->cfg;
+    T5Config lc;   /* what one tensor-parallel rank computes */
+    t5_config_tp_local(&t->cfg, t->o.tp, &lc);
+    const T5Config *c = &lc;
     const T5StageRange *r = &t->ranges[stage];
-    double params = (double)t5_stage_num_params(c, r);
+    double params = (double)t5_stage_num_params_tp(&t->cfg, r, t->o.tp);
     double state = strcmp(t->o.optimizer, "adamw") == 0 ? 2 * params : 0.02 * params;
     if (t->o.zero) state /= t->plan_dp;
     GemmConfig gc;
@@ -420,10 +425,13 @@ static int open_loader_(Trainer *t, char *err, size_t errlen) {
 
 
 /* Tensors whose values this rank counts in sums over the whole model (gradient norm, parameter
- * RMS, checkpoint pieces): the ones it owns among data-parallel replicas, and of a tensor several
- * pipeline stages hold, only the first stage's copy. */
+ * RMS, checkpoint pieces): the ones it owns among data-parallel replicas, of a tensor several
+ * pipeline stages hold only the first stage's copy, and of a tensor the tensor-parallel ranks
+ * hold whole only tp rank 0's (split tensors: every rank's piece). */
 static int counts_tensor_(const Trainer *t, int i) {
     if (t->owner[i] != t->grid.dp_rank) return 0;
+    /* a tensor every tensor-parallel rank holds whole: the first one's copy */
+    if (t->grid.tp_rank != 0 && t->model.tensors[i].split == T5_SPLIT_NONE) return 0;
     return !(t->pipe && pp_is_secondary_copy(t->pipe, i));
 }
 
@@ -465,6 +473,7 @@ int trainer_step(Trainer *t) {
     const float loss_scale = 1.0f / (float)((double)t->o.batch * t->o.dec_len);
     const float zc = (float)t->o.z_loss;
     t5_model_zero_grad(&t->model);
+    memset(&t->tp.stats, 0, sizeof t->tp.stats);
     dp_begin(t->dp, t->model.grads);
     T5LossStats sum = {0, 0, 0};
     if (t->pipe) {
@@ -493,12 +502,18 @@ int trainer_step(Trainer *t) {
     r.dp_wait_s = ds.wait_s;
     r.dp_reduce_s = ds.reduce_s;
     r.dp_bytes = ds.bytes;
+    r.tp_bytes = t->tp.stats.bytes;
+    r.tp_reduce_s = t->tp.stats.seconds;
     if (t->grid.size > 1) {
-        double vol[2] = {r.pp_bytes, r.dp_bytes};
-        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, vol, 2, MPI_DOUBLE, MPI_SUM, t->grid.world));
+        double vol[4] = {r.pp_bytes, r.dp_bytes, r.tp_bytes, r.tp_reduce_s};
+        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, vol, 4, MPI_DOUBLE, MPI_SUM, t->grid.world));
         r.pp_bytes = vol[0] / t->grid.size;
         r.dp_bytes = vol[1] / t->grid.size;
+        r.tp_bytes = vol[2] / t->grid.size;
+        r.tp_reduce_s = vol[3] / t->grid.size;
     }
+    /* the loss sums are the same on every tensor-parallel rank: counted once */
+    if (t->grid.tp_rank != 0) memset(&sum, 0, sizeof sum);
     double sums[3] = {sum.ce_sum, sum.z_sum, (double)sum.tokens};
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, t->grid.world));
     int finite = 1;
@@ -564,6 +579,7 @@ static int evaluate_(Trainer *t, int batches, double *loss, double *tokens_out) 
         if (t->is_root) fprintf(stderr, "t5pretrain: error: the validation data holds fewer than --eval-batches %d batches of %d rows\n", batches, t->o.batch);
         return -1;
     }
+    if (t->grid.tp_rank != 0) sums[0] = sums[1] = 0;   /* the same on every tensor-parallel rank */
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, t->grid.world));
     *tokens_out = sums[1];
     *loss = sums[1] > 0 ? sums[0] / sums[1] : NAN;
@@ -597,38 +613,110 @@ static int check_validation_(Trainer *t, char *err, size_t errlen) {
  * Checkpoints. Every data-parallel rank writes the tensors it owns (balanced by size, largest
  * first; with ZeRO-1 the owners of the optimizer state), so the writing is spread over ranks. */
 
-/* Names of optimizer-state pieces of tensor i: up to 2 (kind prefix, numel, shape). */
-typedef struct { char name[160]; int ndim; int64_t shape[2]; size_t numel; const float *data; } StatePiece;
+/* The arrays of tensor i a checkpoint holds: its parameter, then its optimizer state (up to 2).
+ * Each is named and shaped as the global array; `layout` says which part of it this
+ * tensor-parallel rank holds:
+ *   PART_WHOLE    all of it (no tensor parallelism, or a tensor every tp rank holds whole: then
+ *                 counts_tensor_ lets only tp rank 0 write it)
+ *   PART_ROWS     the contiguous block r of numel elements (rows r of a row split; for 1-D
+ *                 state, e.g. Adafactor's C of a column split, the block r of the vector)
+ *   PART_COLS     columns block r held as [rows, cols/T] (o, wo and their state): saved as the
+ *                 global row block r (tp_cols_to_rows), so pieces stay contiguous ranges
+ *   PART_REPLICA  all of it, on every tp rank of a split tensor (Adafactor's R of a column
+ *                 split, C of a row split): tp rank 0 writes it */
+typedef enum { PART_WHOLE, PART_ROWS, PART_COLS, PART_REPLICA } PartLayout;
+typedef struct {
+    char name[160];
+    int ndim;
+    int64_t shape[2];   /* global */
+    size_t numel;       /* held here */
+    float *data;
+    PartLayout layout;
+} TensorPart;
 
-static int state_pieces_(const Trainer *t, int i, StatePiece out[2]) {
+static int tensor_parts_(const Trainer *t, int i, TensorPart out[3]) {
     const T5Tensor *tt = &t->model.tensors[i];
+    T5Split sp = tt->split;
+    PartLayout as_param = sp == T5_SPLIT_ROWS ? PART_ROWS : sp == T5_SPLIT_COLS ? PART_COLS : PART_WHOLE;
+    int n = 0;
+    TensorPart *p = &out[n++];
+    snprintf(p->name, sizeof p->name, "param/%s", tt->name);
+    p->ndim = tt->ndim;
+    p->shape[0] = tt->gshape[0];
+    p->shape[1] = tt->gshape[1];
+    p->numel = tt->numel;
+    p->data = t->model.params + tt->offset;
+    p->layout = as_param;
     int oi = t->opt_index[i];
-    if (oi < 0) return 0;
-    const float *st = t->opt.state + t->opt.state_offset[oi];
+    if (oi < 0) return n;
+    float *st = t->opt.state + t->opt.state_offset[oi];
     if (t->oc.kind == OPTIM_ADAMW) {
         for (int k = 0; k < 2; k++) {
-            snprintf(out[k].name, sizeof out[k].name, "%s/%s", k ? "adamw_v" : "adamw_m", tt->name);
-            out[k].ndim = tt->ndim;
-            out[k].shape[0] = tt->shape[0];
-            out[k].shape[1] = tt->shape[1];
-            out[k].numel = tt->numel;
-            out[k].data = st + k * tt->numel;
+            TensorPart *q = &out[n++];
+            *q = out[0];
+            snprintf(q->name, sizeof q->name, "%s/%s", k ? "adamw_v" : "adamw_m", tt->name);
+            q->data = st + k * tt->numel;
         }
-        return 2;
+        return n;
     }
-    if (t->opt.is_factored[oi]) {
-        snprintf(out[0].name, sizeof out[0].name, "adafactor_r/%s", tt->name);
-        out[0].ndim = 1; out[0].shape[0] = tt->shape[0]; out[0].shape[1] = 0;
-        out[0].numel = (size_t)tt->shape[0]; out[0].data = st;
-        snprintf(out[1].name, sizeof out[1].name, "adafactor_c/%s", tt->name);
-        out[1].ndim = 1; out[1].shape[0] = tt->shape[1]; out[1].shape[1] = 0;
-        out[1].numel = (size_t)tt->shape[1]; out[1].data = st + tt->shape[0];
-        return 2;
+    if (t->opt.is_factored[oi]) {   /* R [rows] then C [cols], local shape */
+        TensorPart *r = &out[n++], *c = &out[n++];
+        snprintf(r->name, sizeof r->name, "adafactor_r/%s", tt->name);
+        r->ndim = 1; r->shape[0] = tt->gshape[0]; r->shape[1] = 0;
+        r->numel = (size_t)tt->shape[0]; r->data = st;
+        r->layout = sp == T5_SPLIT_ROWS ? PART_ROWS : sp == T5_SPLIT_COLS ? PART_REPLICA : PART_WHOLE;
+        snprintf(c->name, sizeof c->name, "adafactor_c/%s", tt->name);
+        c->ndim = 1; c->shape[0] = tt->gshape[1]; c->shape[1] = 0;
+        c->numel = (size_t)tt->shape[1]; c->data = st + tt->shape[0];
+        c->layout = sp == T5_SPLIT_COLS ? PART_ROWS : sp == T5_SPLIT_ROWS ? PART_REPLICA : PART_WHOLE;
+        return n;
     }
-    snprintf(out[0].name, sizeof out[0].name, "adafactor_v/%s", tt->name);
-    out[0].ndim = tt->ndim; out[0].shape[0] = tt->shape[0]; out[0].shape[1] = tt->shape[1];
-    out[0].numel = tt->numel; out[0].data = st;
+    TensorPart *v = &out[n++];
+    *v = out[0];
+    snprintf(v->name, sizeof v->name, "adafactor_v/%s", tt->name);
+    v->data = st;
+    return n;
+}
+
+/* The checkpoint piece of part p on this rank (0 if this rank writes none of it). A column
+ * block becomes a row block in a buffer *tmp the caller frees (collective over tp: every tp rank
+ * calls this for the same parts in the same order). */
+static int part_piece_(Trainer *t, const TensorPart *p, CkptPiece *out, float **tmp) {
+    size_t off = 0;
+    const float *data = p->data;
+    *tmp = NULL;
+    switch (p->layout) {
+    case PART_WHOLE: break;
+    case PART_REPLICA: if (t->grid.tp_rank != 0) return 0; break;
+    case PART_ROWS: off = (size_t)t->grid.tp_rank * p->numel; break;
+    case PART_COLS:
+        *tmp = xmalloc(p->numel * sizeof(float));
+        tp_cols_to_rows(&t->tp, *tmp, p->data, (int)p->shape[0], (int)p->shape[1]);
+        data = *tmp;
+        off = (size_t)t->grid.tp_rank * p->numel;
+        break;
+    }
+    *out = (CkptPiece){p->name, CKPT_F32, p->ndim, {p->shape[0], p->shape[1]}, off, p->numel, data};
     return 1;
+}
+
+/* Read part p from ck into this rank's memory (local only: a column block is cut from the whole
+ * tensor read into a temporary). */
+static int read_part_(const Trainer *t, Ckpt *ck, const TensorPart *p, char *err, size_t errlen) {
+    switch (p->layout) {
+    case PART_WHOLE:
+    case PART_REPLICA: return ckpt_read(ck, p->name, 0, p->numel, p->data, err, errlen);
+    case PART_ROWS: return ckpt_read(ck, p->name, (size_t)t->grid.tp_rank * p->numel, p->numel, p->data, err, errlen);
+    case PART_COLS: {
+        size_t whole = (size_t)p->shape[0] * (size_t)p->shape[1];
+        float *g = xmalloc(whole * sizeof(float));
+        int rc = ckpt_read(ck, p->name, 0, whole, g, err, errlen);
+        if (rc == 0) tp_shard_cols_local(p->data, g, (int)p->shape[0], (int)p->shape[1], t->grid.tp_size, t->grid.tp_rank);
+        free(g);
+        return rc;
+    }
+    }
+    return -1;
 }
 
 /* The meta object of the manifest (rank 0). */
@@ -715,19 +803,14 @@ int trainer_save(Trainer *t, int background) {
     free(cursor_now);
     int cap = 3 * t->model.num_tensors + 1, n = 0;
     CkptPiece *pieces = xcalloc((size_t)cap, sizeof *pieces);
-    StatePiece *sp = xcalloc((size_t)2 * t->model.num_tensors, sizeof *sp);
-    int nsp = 0;
+    TensorPart *parts = xcalloc((size_t)cap, sizeof *parts);
+    float **tmps = xcalloc((size_t)cap, sizeof *tmps);
+    int nparts = 0;
     for (int i = 0; i < t->model.num_tensors; i++) {
         if (!counts_tensor_(t, i)) continue;
-        const T5Tensor *tt = &t->model.tensors[i];
-        char *pname = xmalloc(strlen(tt->name) + 8);
-        sprintf(pname, "param/%s", tt->name);
-        pieces[n++] = (CkptPiece){pname, CKPT_F32, tt->ndim, {tt->shape[0], tt->shape[1]}, 0, tt->numel,
-                                  t->model.params + tt->offset};
-        int k = state_pieces_(t, i, sp + nsp);
-        for (int j = 0; j < k; j++, nsp++)
-            pieces[n++] = (CkptPiece){sp[nsp].name, CKPT_F32, sp[nsp].ndim, {sp[nsp].shape[0], sp[nsp].shape[1]},
-                                      0, sp[nsp].numel, sp[nsp].data};
+        int k = tensor_parts_(t, i, parts + nparts);
+        for (int j = 0; j < k; j++, nparts++)
+            n += part_piece_(t, &parts[nparts], &pieces[n], &tmps[nparts]);
     }
     if (cursor && t->grid.rank == 0)
         pieces[n++] = (CkptPiece){"data_cursor", CKPT_U8, 1, {(int64_t)strlen(cursor), 0}, 0, strlen(cursor), cursor};
@@ -740,10 +823,10 @@ int trainer_save(Trainer *t, int background) {
     } else {
         rc = ckpt_save(t->grid.world, &args, pieces, n, err, sizeof err);
     }
-    for (int i = 0; i < n; i++)
-        if (strncmp(pieces[i].name, "param/", 6) == 0) free((char *)pieces[i].name);
+    for (int i = 0; i < nparts; i++) free(tmps[i]);
+    free(tmps);
+    free(parts);
     free(pieces);
-    free(sp);
     free(meta);
     free(cursor);
     t->last_save_seconds = now_seconds() - t0;
@@ -818,14 +901,10 @@ static int restore_(Trainer *t, Ckpt *ck, char *err, size_t errlen) {
     t->elapsed_before = json_real_value(json_object_get(meta, "elapsed_s"));
     json_decref(meta);
     for (int i = 0; i < t->model.num_tensors; i++) {
-        const T5Tensor *tt = &t->model.tensors[i];
-        char name[200];
-        snprintf(name, sizeof name, "param/%s", tt->name);
-        if (ckpt_read(ck, name, 0, tt->numel, t->model.params + tt->offset, err, errlen)) return -1;
-        StatePiece sp[2];
-        int k = state_pieces_(t, i, sp);
+        TensorPart parts[3];
+        int k = tensor_parts_(t, i, parts);
         for (int j = 0; j < k; j++)
-            if (ckpt_read(ck, sp[j].name, 0, sp[j].numel, (float *)sp[j].data, err, errlen)) return -1;
+            if (read_part_(t, ck, &parts[j], err, errlen)) return -1;
     }
     if (t->loader) {
         CkptDtype dt;
@@ -977,6 +1056,36 @@ static void print_plan_(const Trainer *t, int world, int ranks_per_node, const c
     fflush(stdout);
 }
 
+/* Tensor parallelism: the split dimensions must divide by --tp (and d_model too: the column-split
+ * o and wo are checkpointed as row blocks); PBLAS multiplies in fp32 only; one BLAS must serve
+ * the process (ScaLAPACK's sgemm_ included). */
+static int check_tp_(const Trainer *t, char *err, size_t errlen) {
+    const TrainOptions *o = &t->o;
+    if (o->tp <= 1) return 0;
+    if (tp_check_dims(&t->cfg, o->tp, err, errlen)) return -1;
+    if (t->cfg.d_model % o->tp) {
+        set_error(err, errlen, "--tp %d does not divide d_model %d of %s (the o and wo pieces are saved as row "
+                  "blocks); use a --tp that divides it", o->tp, t->cfg.d_model, t->cfg.name);
+        return -1;
+    }
+    if (!strcmp(o->tp_reduce, "pblas") && strcmp(o->precision, "fp32")) {
+        set_error(err, errlen, "--tp-reduce pblas multiplies in fp32 only (PBLAS calls sgemm_); use --precision fp32 "
+                  "or --tp-reduce mpi");
+        return -1;
+    }
+    char why[1024];
+    if (tp_blas_check(why, sizeof why)) {
+        set_error(err, errlen, "tensor parallelism needs one BLAS in the process: %s", why);
+        return -1;
+    }
+    return 0;
+}
+
+static double split_step_(void *ctx, const OptimConfig *cfg, int split, int grows, int gcols, float *W,
+                          const float *G, float *state, long g) {
+    return tp_adafactor_step(ctx, cfg, (TpSplit)split, grows, gcols, W, G, state, g);
+}
+
 static OptimTensor *optim_table_(const T5Model *m) {
     OptimTensor *ot = xcalloc((size_t)m->num_tensors, sizeof *ot);
     for (int i = 0; i < m->num_tensors; i++) {
@@ -985,6 +1094,9 @@ static OptimTensor *optim_table_(const T5Model *m) {
         ot[i].numel = tt->numel;
         ot[i].rows = tt->ndim == 2 ? tt->shape[0] : (int)tt->numel;
         ot[i].cols = tt->ndim == 2 ? tt->shape[1] : 0;
+        ot[i].split = (int)tt->split;
+        ot[i].grows = tt->gshape[0];
+        ot[i].gcols = tt->gshape[1];
     }
     return ot;
 }
@@ -997,13 +1109,19 @@ static int init_from_hf_(Trainer *t, char *err, size_t errlen) {
     for (int i = 0; i < t->model.num_tensors && rc == 0; i++) {
         const T5Tensor *tt = &t->model.tensors[i];
         int j = t5_model_find_tensor(&src, tt->name);
-        if (j < 0 || src.tensors[j].numel != tt->numel || src.tensors[j].shape[0] != tt->shape[0]) {
+        if (j < 0 || src.tensors[j].shape[0] != tt->gshape[0] || src.tensors[j].shape[1] != tt->gshape[1]) {
             set_error(err, errlen, "--init-from %s: tensor %s %s (the weights are not of variant %s%s)",
                       t->o.init_from, tt->name, j < 0 ? "is missing" : "has another shape", t->cfg.name,
                       t->cfg.tied_embedding ? ", T5 v1.0" : ", T5 v1.1");
             rc = -1;
         } else {
-            memcpy(t->model.params + tt->offset, src.params + src.tensors[j].offset, tt->numel * sizeof(float));
+            const float *from = src.params + src.tensors[j].offset;
+            float *to = t->model.params + tt->offset;
+            if (tt->split == T5_SPLIT_COLS)
+                tp_shard_cols_local(to, from, tt->gshape[0], tt->gshape[1], t->grid.tp_size, t->grid.tp_rank);
+            else   /* whole, or the contiguous block of a row split */
+                memcpy(to, from + (tt->split == T5_SPLIT_ROWS ? (size_t)t->grid.tp_rank * tt->numel : 0),
+                       tt->numel * sizeof(float));
         }
     }
     t5_model_free(&src);
@@ -1028,11 +1146,6 @@ int trainer_open(Trainer **out, TrainOptions *opts, MPI_Comm world) {
     if (options_validate(o, wsize, err, sizeof err)) goto config_fail;
     if (grid_init(&t->grid, world, o->dry_run && o->plan_world > 0 ? 1 : o->pp,
                   o->dry_run && o->plan_world > 0 ? 1 : o->tp, err, sizeof err)) goto config_fail;
-    if (o->tp > 1) {
-        set_error(err, sizeof err, "--tp %d: tensor parallelism is not built into this trainer yet; use "
-                  "pipeline (--pp) and data parallelism", o->tp);
-        goto config_fail;
-    }
     t->plan_pp = o->pp;
     t->plan_dp = plan_world / (o->pp * o->tp);
     if (!o->dry_run && check_run_dir_(t, err, sizeof err)) goto config_fail;
@@ -1070,6 +1183,7 @@ int trainer_open(Trainer **out, TrainOptions *opts, MPI_Comm world) {
         t->cfg.vocab_size = data_loader_vocab_size(t->loader);
     }
     if (t5_config_validate(&t->cfg, err, sizeof err)) goto config_fail;
+    if (check_tp_(t, err, sizeof err)) goto config_fail;
     t->ranges = xcalloc((size_t)o->pp, sizeof *t->ranges);
     t->stage_cost = xcalloc((size_t)o->pp, sizeof(double));
     if (pp_split(&t->cfg, o->pp, o->pp_split, o->enc_len, o->dec_len, t->ranges, t->stage_cost, err, sizeof err))
@@ -1089,7 +1203,10 @@ int trainer_open(Trainer **out, TrainOptions *opts, MPI_Comm world) {
 
     /* model (this stage's tensors) and optimizer: the same seed on every rank gives identical
      * parameters, whatever the layout (initialisation is keyed by each tensor's global index) */
-    t5_model_build_stage(&t->model, &t->cfg, &t->ranges[t->grid.pp_rank]);
+    if (o->tp > 1 && tp_init(&t->tp, t->grid.tp, !strcmp(o->tp_reduce, "pblas") ? TP_REDUCE_PBLAS : TP_REDUCE_MPI,
+                             err, sizeof err))
+        goto config_fail;
+    t5_model_build_stage_tp(&t->model, &t->cfg, &t->ranges[t->grid.pp_rank], o->tp > 1 ? &t->tp : NULL);
     t->model.recompute = t->recompute;
     t5_model_init_weights(&t->model, (uint64_t)o->seed);
     if (o->init_from[0]) {
@@ -1119,6 +1236,8 @@ int trainer_open(Trainer **out, TrainOptions *opts, MPI_Comm world) {
     free(mine);
     if (optim_init(&t->opt, &t->oc, t->otensors, n_mine, t->model.num_params, err, sizeof err))
         goto config_fail;
+    t->opt.split_step = split_step_;
+    t->opt.split_ctx = &t->tp;
     if (o->pp > 1) t->pipe = pp_create(t->grid.pp, &t->model, t->ranges, o->pp, t->micro, o->enc_len, o->dec_len);
     t5_batch_alloc(&t->local, t->local_rows, o->enc_len, o->dec_len);
 
@@ -1227,6 +1346,10 @@ static void write_metrics_(Trainer *t, const StepResult *r, double val_loss, dou
         metrics_num(w, "dp_reduce_s", r->dp_reduce_s);
         metrics_num(w, "dp_bytes", r->dp_bytes);
     }
+    if (t->grid.tp_size > 1) {
+        metrics_num(w, "tp_reduce_s", r->tp_reduce_s);
+        metrics_num(w, "tp_bytes", r->tp_bytes);
+    }
     if (t->pipe) {
         int m = t->local_rows / t->micro, P = t->grid.pp_size;
         metrics_num(w, "pp_bubble", r->pp_wait_s / r->step_s);
@@ -1254,8 +1377,9 @@ static void print_progress_(const Trainer *t, const StepResult *r, double val_lo
     fflush(stdout);
 }
 
-/* The final checkpoint and the Hugging Face folder final/. With pipeline stages no rank holds every
- * tensor, so rank 0 assembles the model from the checkpoint just committed. */
+/* The final checkpoint and the Hugging Face folder final/. With pipeline stages or tensor
+ * parallelism no rank holds every tensor, so rank 0 assembles the model from the checkpoint just
+ * committed. */
 static int save_final_(Trainer *t) {
     if (t->last_saved_step != t->step && trainer_save(t, 0) != 0) return -1;
     int rc = 0;
@@ -1263,7 +1387,7 @@ static int save_final_(Trainer *t) {
         char dir[1200], err[2048];
         snprintf(dir, sizeof dir, "%s/final", t->o.run_dir);
         HfSaveOpts ho = {1, t->o.spm[0] ? t->o.spm : NULL};
-        if (t->grid.pp_size == 1) {
+        if (t->grid.pp_size == 1 && t->grid.tp_size == 1) {
             rc = hf_save_folder(dir, &t->model, &ho, err, sizeof err);
         } else {
             char step_dir[1400];
@@ -1388,6 +1512,7 @@ void trainer_close(Trainer *t) {
     free(t->ranges);
     free(t->stage_cost);
     if (t->model.params) t5_model_free(&t->model);
+    if (t->tp.size > 1) tp_free(&t->tp);
     if (t->loader) data_loader_close(t->loader);
     data_free_files(t->files, t->n_files);
     data_free_files(t->val_files, t->n_val_files);
