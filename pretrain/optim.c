@@ -163,6 +163,11 @@ static size_t chunks_(size_t n) { return (n + CHUNK_ - 1) / CHUNK_; }
  */
 int optim_init(Optim *opt, const OptimConfig *cfg, const OptimTensor *tensors, int n_tensors,
                size_t buffer_numel, char *err, size_t errlen) {
+    return optim_init_split(opt, cfg, tensors, NULL, n_tensors, buffer_numel, err, errlen);
+}
+
+int optim_init_split(Optim *opt, const OptimConfig *cfg, const OptimTensor *tensors, const OptimSplit *splits,
+                     int n_tensors, size_t buffer_numel, char *err, size_t errlen) {
     memset(opt, 0, sizeof(*opt));
     if (optim_config_validate(cfg, err, errlen) != 0) return -1;
     if (n_tensors < 0 || (n_tensors > 0 && !tensors)) {
@@ -209,6 +214,10 @@ int optim_init(Optim *opt, const OptimConfig *cfg, const OptimTensor *tensors, i
     size_t nt = n_tensors > 0 ? (size_t)n_tensors : 1;
     opt->tensors = xmalloc(sizeof(OptimTensor) * nt);
     if (n_tensors > 0) memcpy(opt->tensors, tensors, sizeof(OptimTensor) * (size_t)n_tensors);
+    if (splits) {
+        opt->splits = xmalloc(sizeof(OptimSplit) * nt);
+        if (n_tensors > 0) memcpy(opt->splits, splits, sizeof(OptimSplit) * (size_t)n_tensors);
+    }
     opt->is_factored = xcalloc(nt, sizeof(int));
     opt->state_offset = xcalloc(nt, sizeof(size_t));
     opt->state_numel_of = xcalloc(nt, sizeof(size_t));
@@ -220,7 +229,8 @@ int optim_init(Optim *opt, const OptimConfig *cfg, const OptimTensor *tensors, i
             need = 2 * t->numel;
             sc = 0;
         } else {
-            int r = t->split ? t->grows : t->rows, cc = t->split ? t->gcols : t->cols;   /* global shape */
+            const OptimSplit *sp = splits && splits[i].split ? &splits[i] : NULL;
+            int r = sp ? sp->grows : t->rows, cc = sp ? sp->gcols : t->cols;   /* the global shape */
             int mn = cc > 0 ? (r < cc ? r : cc) : 0;
             opt->is_factored[i] = cfg->factored && cc > 0 && mn >= cfg->min_dim_to_factor;
             if (opt->is_factored[i]) {
@@ -247,6 +257,7 @@ int optim_init(Optim *opt, const OptimConfig *cfg, const OptimTensor *tensors, i
 void optim_free(Optim *opt) {
     if (!opt) return;
     free(opt->tensors);
+    free(opt->splits);
     free(opt->is_factored);
     free(opt->state_offset);
     free(opt->state_numel_of);
@@ -441,11 +452,12 @@ double optim_step_tensors(Optim *opt, float *params, const float *grads, long g,
         if (c->kind == OPTIM_ADAMW) {
             adamw_tensor_(c, t->numel, w, gr, st, st + t->numel, lr, g,
                           t->cols > 0 ? c->weight_decay : 0.0);
-        } else if (t->split) {
+        } else if (opt->splits && opt->splits[i].split) {
+            const OptimSplit *sp = &opt->splits[i];
             if (!opt->split_step)
                 FATAL("set Optim.split_step for tensor-parallel pieces", "optimizer: tensor %d is split "
                       "but no split update is set", i);
-            opt->split_step(opt->split_ctx, c, t->split, t->grows, t->gcols, w, gr, st, g);
+            opt->split_step(opt->split_ctx, c, sp->split, sp->grows, sp->gcols, w, gr, st, g);
         } else if (opt->is_factored[i]) {
             adafactor_factored_(c, t->rows, t->cols, w, gr, st, st + t->rows, lr, beta2,
                                 opt->scratch);

@@ -30,12 +30,14 @@ typedef struct {
     size_t offset;   /* index of its first element in the buffer */
     size_t numel;    /* element count; equals rows*cols for a 2-D tensor */
     int rows, cols;  /* 2-D shape [rows, cols], row-major; cols = 0 (and rows ignored) for 1-D */
-    /* Tensor parallelism: split = 0 for a whole tensor; 1 (rows) or 2 (columns) when this is a
-     * piece [rows, cols] of the global [grows, gcols] (parallel/tp.h's TpSplit). Adafactor then
-     * factors by the global shape and updates through Optim.split_step, whose statistics are
-     * those of the whole tensor; its state keeps the layout above for the local shape. */
-    int split, grows, gcols;
 } OptimTensor;
+
+/* Tensor parallelism (optim_init_split): split = 0 for a whole tensor; 1 (rows) or 2 (columns)
+ * when the tensor is a piece [rows, cols] of the global [grows, gcols] (parallel/tp.h's TpSplit).
+ * Adafactor then factors by the global shape and updates through Optim.split_step, whose
+ * statistics are those of the whole tensor; the state keeps the layout above for the local
+ * shape. */
+typedef struct { int split, grows, gcols; } OptimSplit;
 
 typedef enum { OPTIM_ADAFACTOR = 0, OPTIM_ADAMW = 1 } OptimKind;
 
@@ -79,6 +81,7 @@ typedef struct {
     OptimConfig cfg;
     OptimSplitStep split_step;   /* set by the caller when the table has split tensors */
     void *split_ctx;
+    OptimSplit *splits;          /* per tensor, or NULL (no tensor parallelism) */
     int n_tensors;
     OptimTensor *tensors;     /* copy of the table given to optim_init */
     int *is_factored;         /* per tensor: 1 if Adafactor uses the factored R/C state */
@@ -108,6 +111,9 @@ int lr_schedule_kind_from_string(const char *s, LrScheduleKind *out);
 /* Build an optimizer over tensors (table copied, state zeroed); -1 + err on a bad config/table. */
 int optim_init(Optim *opt, const OptimConfig *cfg, const OptimTensor *tensors, int n_tensors,
                size_t buffer_numel, char *err, size_t errlen);
+/* The same with each tensor's split (splits[n_tensors], or NULL = optim_init). */
+int optim_init_split(Optim *opt, const OptimConfig *cfg, const OptimTensor *tensors, const OptimSplit *splits,
+                     int n_tensors, size_t buffer_numel, char *err, size_t errlen);
 void optim_free(Optim *opt);   /* safe on a zeroed or already freed Optim */
 
 /* One update at global step g (0-based, pre-increment) of all tensors / of tensors

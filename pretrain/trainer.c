@@ -965,7 +965,8 @@ static int check_run_dir_(const Trainer *t, char *err, size_t errlen) {
 /* A projection by the cost model of step time and bubble on larger clusters, to choose --pp:
  * the step's FLOPs spread over all ranks at an assumed sustained rate, stretched by the 1F1B
  * bubble (P-1)/(m+P-1), plus the data-parallel gradient all-reduce of one stage at an assumed
- * network bandwidth (not overlapped, so an upper bound). */
+ * network bandwidth (not overlapped, so an upper bound), and with --tp T the tensor-parallel sums
+ * (tp_comm_bytes_per_microbatch, ring all-reduce) at the same bandwidth. */
 static void print_projection_(const Trainer *t, int ranks_per_node) {
     const double rate = 100e9 * t->threads;     /* FLOP/s per rank: ~100 GFLOP/s per core, fp32 */
     const double net = 10e9;                     /* bytes/s per rank for the all-reduce */
@@ -974,12 +975,13 @@ static void print_projection_(const Trainer *t, int ranks_per_node) {
     static const int nodes_list[3] = {1, 8, 32};
     printf("t5pretrain: projection (cost model; assumes %.0f GFLOP/s per rank sustained and %.0f GB/s per rank "
            "for the gradient all-reduce, micro-batch 1):\n", rate / 1e9, net / 1e9);
-    printf("    nodes  ranks  pp   dp  micro-batches  bubble   step_s  (compute + all-reduce)  GiB/rank\n");
+    const int T = t->o.tp;
+    printf("    nodes  ranks  pp   dp   tp  micro-batches  bubble   step_s  (compute + all-reduce + tp sums)  GiB/rank\n");
     for (int k = 0; k < 3; k++) {
         int world = nodes_list[k] * ranks_per_node;
         for (int P = 1; P <= 64 && P <= world; P *= 2) {
-            if (world % P || P > c->n_enc_layers + c->n_dec_layers) continue;
-            int dp = world / P;
+            if (world % (P * T) || P > c->n_enc_layers + c->n_dec_layers) continue;
+            int dp = world / (P * T);
             if (t->o.batch % dp) continue;
             int m = t->o.batch / dp;
             T5StageRange *r = xcalloc((size_t)P, sizeof *r);
@@ -989,17 +991,19 @@ static void print_projection_(const Trainer *t, int ranks_per_node) {
                 for (int s = 0; s < P; s++) if (cost[s] > worst) worst = cost[s];
             double bubble = (double)(P - 1) / (m + P - 1);
             /* the slowest stage sets the pace: its share of the step's FLOPs over its dp ranks */
-            double compute = flops * worst / ((double)dp * rate) * (m + P - 1) / m;
-            double params = (double)t5_config_num_params(c) * worst;
+            double compute = flops * worst / ((double)dp * T * rate) * (m + P - 1) / m;
+            double params = (double)tp_params_per_rank(c, T) * worst;
             double comm = dp > 1 ? 2.0 * params * 4.0 * (dp - 1) / dp / net : 0;
+            double tpc = T > 1 ? tp_comm_bytes_per_microbatch(c, 1, t->o.enc_len, t->o.dec_len, T) * m * worst *
+                                 2.0 * (T - 1) / T / net : 0;
             Trainer tmp = *t;   /* the memory plan of this layout, micro-batch 1, no recomputation */
             tmp.ranges = r;
             tmp.plan_pp = P;
             tmp.plan_dp = dp;
             tmp.local_rows = m;
             double mem = rank_memory_bytes_(&tmp, 1, 0);
-            printf("    %5d  %5d  %2d  %3d  %13d  %5.1f%%  %7.2f  (%.2f + %.2f)  %8.2f\n", nodes_list[k], world, P, dp,
-                   m, 100 * bubble, compute + comm, compute, comm, mem / 1073741824.0);
+            printf("    %5d  %5d  %2d  %3d  %3d  %13d  %5.1f%%  %7.2f  (%.2f + %.2f + %.2f)  %8.2f\n", nodes_list[k], world,
+                   P, dp, T, m, 100 * bubble, compute + comm + tpc, compute, comm, tpc, mem / 1073741824.0);
             free(r);
             free(cost);
         }
@@ -1038,6 +1042,20 @@ static void print_plan_(const Trainer *t, int world, int ranks_per_node, const c
         printf("; %d micro-batches per step: ideal bubble (P-1)/(m+P-1) = %.1f%%\n", m,
                100.0 * (t->o.pp - 1) / (m + t->o.pp - 1));
     }
+    double tp_mb = 0;
+    if (t->o.tp > 1) {
+        /* per micro-batch on the stage holding the most blocks is an upper bound; the model counts
+         * the whole model, so it is shared out by the stage's cost */
+        double worst = 0;
+        for (int s2 = 0; s2 < t->o.pp; s2++) if (t->stage_cost[s2] > worst) worst = t->stage_cost[s2];
+        tp_mb = tp_comm_bytes_per_microbatch(c, t->micro, t->o.enc_len, t->o.dec_len, t->o.tp) * worst *
+                (t->local_rows / t->micro) / 1e6;
+        printf("t5pretrain: tensor parallel %d ranks (heads %d, d_ff %d, vocabulary %d split; sums by %s): "
+               "%.2fM parameters per rank of %.2fM; ~%.1f MB summed per rank per step\n",
+               t->o.tp, c->n_heads, c->d_ff, c->vocab_size, t->o.tp_reduce,
+               t5_stage_num_params_tp(c, &t->ranges[0], t->o.tp) / 1e6, t5_stage_num_params(c, &t->ranges[0]) / 1e6,
+               tp_mb);
+    }
     printf("t5pretrain: activation recomputation %s\n", t->recompute ? "on (block inputs kept, blocks recomputed in backward)" : "off");
     printf("t5pretrain: checkpoints: every %ld steps%s%s, keep last %d%s\n", t->o.save_every,
            t->o.save_every_minutes > 0 ? " and every " : "", t->o.save_every_minutes > 0 ? "few minutes" : "",
@@ -1048,6 +1066,9 @@ static void print_plan_(const Trainer *t, int world, int ranks_per_node, const c
                              "micro_batch", t->micro, "memory_per_rank_bytes", mem,
                              "memory_per_node_bytes", mem * ranks_per_node, "steps", (json_int_t)t->o.steps,
                              "precision", t->o.precision);
+    json_object_set_new(plan, "tp_reduce", json_string(t->o.tp_reduce));
+    json_object_set_new(plan, "params_per_rank", json_integer((json_int_t)t5_stage_num_params_tp(c, &t->ranges[0], t->o.tp)));
+    json_object_set_new(plan, "tp_bytes_per_step", json_real(tp_mb * 1e6));
     if (t->o.dry_run) print_projection_(t, ranks_per_node);
     char *s = json_dumps(plan, JSON_COMPACT | JSON_PRESERVE_ORDER);
     printf("plan: %s\n", s);
@@ -1094,9 +1115,6 @@ static OptimTensor *optim_table_(const T5Model *m) {
         ot[i].numel = tt->numel;
         ot[i].rows = tt->ndim == 2 ? tt->shape[0] : (int)tt->numel;
         ot[i].cols = tt->ndim == 2 ? tt->shape[1] : 0;
-        ot[i].split = (int)tt->split;
-        ot[i].grows = tt->gshape[0];
-        ot[i].gcols = tt->gshape[1];
     }
     return ot;
 }
@@ -1231,11 +1249,18 @@ int trainer_open(Trainer **out, TrainOptions *opts, MPI_Comm world) {
     t->otensors = xcalloc((size_t)(n_mine ? n_mine : 1), sizeof *t->otensors);
     t->opt_index = xcalloc((size_t)t->model.num_tensors, sizeof(int));
     for (int i = 0; i < t->model.num_tensors; i++) t->opt_index[i] = -1;
-    for (int k = 0; k < n_mine; k++) { t->otensors[k] = all[mine[k]]; t->opt_index[mine[k]] = k; }
+    OptimSplit *splits = xcalloc((size_t)(n_mine ? n_mine : 1), sizeof *splits);
+    for (int k = 0; k < n_mine; k++) {
+        const T5Tensor *tt = &t->model.tensors[mine[k]];
+        t->otensors[k] = all[mine[k]];
+        t->opt_index[mine[k]] = k;
+        splits[k] = (OptimSplit){(int)tt->split, tt->gshape[0], tt->gshape[1]};
+    }
     free(all);
     free(mine);
-    if (optim_init(&t->opt, &t->oc, t->otensors, n_mine, t->model.num_params, err, sizeof err))
-        goto config_fail;
+    int bad_opt = optim_init_split(&t->opt, &t->oc, t->otensors, splits, n_mine, t->model.num_params, err, sizeof err);
+    free(splits);
+    if (bad_opt) goto config_fail;
     t->opt.split_step = split_step_;
     t->opt.split_ctx = &t->tp;
     if (o->pp > 1) t->pipe = pp_create(t->grid.pp, &t->model, t->ranges, o->pp, t->micro, o->enc_len, o->dec_len);

@@ -253,6 +253,17 @@ static void test_layout(void) {
     CHECK(optim_init(&o, &c, t2, 2, 127 * 4000 + 128 * 128, err, sizeof(err)) == 0);
     CHECK(o.is_factored[0] == 0 && o.is_factored[1] == 1);
     optim_free(&o);
+    /* tensor-parallel pieces factor by the GLOBAL shape: [64, 1024] rows of a [128, 1024] is
+     * factored (state R[64] + C[1024]), [128, 64] columns of a [128, 128] too; a [128, 64] piece of
+     * a [128, 64] tensor that is not split is not */
+    OptimTensor t3[3] = {{0, 64 * 1024, 64, 1024}, {64 * 1024, 128 * 64, 128, 64}, {64 * 1024 + 128 * 64, 128 * 64, 128, 64}};
+    OptimSplit s3[3] = {{1, 128, 1024}, {2, 128, 128}, {0, 128, 64}};
+    CHECK(optim_init_split(&o, &c, t3, s3, 3, 64 * 1024 + 2 * 128 * 64, err, sizeof(err)) == 0);
+    CHECK(o.is_factored[0] == 1 && o.is_factored[1] == 1 && o.is_factored[2] == 0);
+    CHECK_EQ_INT(o.state_numel_of[0], 64 + 1024);
+    CHECK_EQ_INT(o.state_numel_of[1], 128 + 64);
+    CHECK_EQ_INT(o.state_numel_of[2], 128 * 64);
+    optim_free(&o);
     c.factored = 0;
     CHECK(optim_init(&o, &c, t2, 2, 127 * 4000 + 128 * 128, err, sizeof(err)) == 0);
     CHECK(o.is_factored[1] == 0 && o.state_numel == 127 * 4000 + 128 * 128);
