@@ -4,7 +4,7 @@
 #   make test       all tests; the last line is "N passed, N failed"
 #   make run        install missing packages (as root), build, train a small model on the
 #                   bundled sample corpus with 2 MPI ranks
-#   make bench      speed and memory measurements (tiny and small)
+#   make bench      speed and memory measurements (tiny, small; xl-nl2 tensor parallel)
 #   make deps       install the Debian packages this project needs (root)
 #
 # Every .c file under common/ pretrain/ data/ parallel/ ckpt/ is library code, except
@@ -89,6 +89,7 @@ run: deps all
 bench: all
 	@bash tests/bench.sh
 	@bash tests/bench_parallel.sh
+	@bash tests/bench_tp.sh
 
 clean:
 	rm -rf build bin
