@@ -52,6 +52,9 @@ static uint64_t epoch_seed_(uint64_t seed, int epoch) {
  * the saved one and the prefetch slots, possibly on two threads. */
 typedef struct {
     atomic_int refs;
+    _Atomic(char *) window_b64;   /* the cursor's "window" text, made once on first save (the
+                                     trainer saves a cursor every step) */
+    uint32_t window_crc;          /* CRC32 of sp.window[0..window_len) */
     C4SeekPoint sp;
 } SeekRef;
 
@@ -61,12 +64,16 @@ static SeekRef *seek_ref_(SeekRef *r) {
 }
 
 static void seek_unref_(SeekRef *r) {
-    if (r && atomic_fetch_sub(&r->refs, 1) == 1) free(r);
+    if (r && atomic_fetch_sub(&r->refs, 1) == 1) {
+        free(atomic_load(&r->window_b64));
+        free(r);
+    }
 }
 
 static SeekRef *seek_new_(void) {
     SeekRef *r = xmalloc(sizeof *r);
     atomic_init(&r->refs, 1);
+    atomic_init(&r->window_b64, NULL);
     return r;
 }
 
@@ -285,6 +292,8 @@ static int next_document_(DataLoader *dl, Stream *s) {
         long d = c->doc++;
         if (!s->spare) s->spare = seek_new_();
         if (c4_reader_take_seek_point(s->reader, &s->spare->sp)) {
+            s->spare->window_crc = (uint32_t)crc32(0, s->spare->sp.window,
+                                                   (uInt)s->spare->sp.window_len);
             seek_unref_(c->seek);
             c->seek = s->spare;           /* its reference moves to the cursor */
             s->spare = NULL;
@@ -898,14 +907,17 @@ static char *b64_encode_(const unsigned char *p, size_t n) {
 static long b64_decode_(const char *s, unsigned char *out, size_t cap) {
     size_t n = strlen(s), k = 0;
     if (n % 4) return -1;
+    signed char val[256];
+    memset(val, -1, sizeof val);
+    for (int i = 0; i < 64; i++) val[(unsigned char)b64_[i]] = (signed char)i;
     for (size_t i = 0; i < n; i += 4) {
         uint32_t v = 0;
         int pad = 0;
         for (int j = 0; j < 4; j++) {
-            const char *c = s[i + j] == '=' ? NULL : strchr(b64_, s[i + j]);
-            if (s[i + j] == '=' && i + 4 == n && j >= 2) { pad++; v <<= 6; continue; }
-            if (!c || !s[i + j] || pad) return -1;
-            v = v << 6 | (uint32_t)(c - b64_);
+            unsigned char ch = (unsigned char)s[i + j];
+            if (ch == '=' && i + 4 == n && j >= 2) { pad++; v <<= 6; continue; }
+            if (val[ch] < 0 || pad) return -1;
+            v = v << 6 | (uint32_t)val[ch];
         }
         for (int j = 0; j < 3 - pad; j++) {
             if (k >= cap) return -1;
@@ -917,8 +929,34 @@ static long b64_decode_(const char *s, unsigned char *out, size_t cap) {
 
 static const char *const seek_kinds_[] = { "none", "gzip", "zstd", "plain" };
 
-/* The "seek" object of a stream entry (loader.h documents the fields). */
-static json_t *seek_json_(const C4SeekPoint *sp) {
+/* The base64 text of a point's compressed window, made once. */
+static const char *seek_window_b64_(SeekRef *ref) {
+    const C4SeekPoint *sp = &ref->sp;
+    char *b = atomic_load(&ref->window_b64);
+    if (b) return b;
+    uLongf zl = compressBound((uLong)sp->window_len);
+    unsigned char *z = xmalloc(zl);
+    if (compress2(z, &zl, sp->window, (uLong)sp->window_len, 9) != Z_OK)
+        FATAL("out of memory?", "cannot compress a seek point's window");
+    b = b64_encode_(z, zl);
+    free(z);
+    char *expect = NULL;
+    if (!atomic_compare_exchange_strong(&ref->window_b64, &expect, b)) {
+        free(b);
+        b = expect;
+    }
+    return b;
+}
+
+/* Placeholder of stream t's window in the JSON jansson writes: the base64 text (~15 KB a stream)
+ * is spliced in afterwards, as jansson's writer would take ~0.2 ms per stream to copy it
+ * character by character, and the trainer saves a cursor every step. */
+#define WINDOW_MARK "@@window:"
+
+/* The "seek" object of a stream entry (loader.h documents the fields); its "window" is
+ * WINDOW_MARK t until splice_windows_ replaces it. */
+static json_t *seek_json_(SeekRef *ref, int t) {
+    const C4SeekPoint *sp = &ref->sp;
     json_t *bad = json_array();
     for (int k = 0; k < C4_NUM_BAD_KINDS; k++) json_array_append_new(bad, json_integer(sp->stats.bad[k]));
     json_t *o = json_pack("{s:s, s:I, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o}",
@@ -931,17 +969,11 @@ static json_t *seek_json_(const C4SeekPoint *sp) {
                           "lines", (json_int_t)sp->stats.lines,
                           "text_bytes", (json_int_t)sp->stats.text_bytes, "bad", bad);
     if (sp->window_len) {
-        uLongf zl = compressBound((uLong)sp->window_len);
-        unsigned char *z = xmalloc(zl);
-        if (compress2(z, &zl, sp->window, (uLong)sp->window_len, 9) != Z_OK)
-            FATAL("out of memory?", "cannot compress a seek point's window");
-        char *b = b64_encode_(z, zl);
+        char mark[32];
+        snprintf(mark, sizeof mark, WINDOW_MARK "%d", t);
         json_object_set_new(o, "wlen", json_integer((json_int_t)sp->window_len));
-        json_object_set_new(o, "wcrc", json_integer((json_int_t)crc32(0, sp->window,
-                                                                       (uInt)sp->window_len)));
-        json_object_set_new(o, "window", json_string(b));
-        free(b);
-        free(z);
+        json_object_set_new(o, "wcrc", json_integer((json_int_t)ref->window_crc));
+        json_object_set_new(o, "window", json_string(mark));
     }
     return o;
 }
@@ -993,6 +1025,7 @@ static SeekRef *seek_from_json_(json_t *o, char *err, size_t errlen) {
             (json_int_t)crc32(0, sp->window, (uInt)n) != json_integer_value(wc))
             why = "its window does not decode or fails its CRC32";
         sp->window_len = n;
+        r->window_crc = (uint32_t)crc32(0, sp->window, (uInt)n);
         free(z);
     }
     if (!why && (in < 0 || out < 0 || docs < 0 || skip < C4_SEEK_CHECK_MIN || bits < 0 || bits > 7))
@@ -1030,14 +1063,42 @@ char *data_loader_cursor_save(DataLoader *dl, size_t *len) {
         json_object_set_new(o, "carry", ids_json_(c->carry, c->n_carry));
         json_object_set_new(o, "pending", ids_json_(c->pending, c->has_pending ? c->n_pending : 0));
         json_object_set_new(o, "has_pending", json_integer(c->has_pending));
-        if (c->seek) json_object_set_new(o, "seek", seek_json_(&c->seek->sp));
+        if (c->seek) json_object_set_new(o, "seek", seek_json_(c->seek, t));
         json_array_append_new(arr, o);
     }
     json_object_set_new(root, "streams", arr);
     char *s = json_dumps(root, JSON_COMPACT);
     json_decref(root);
     if (!s) FATAL("out of memory?", "cannot serialise the data cursor");
-    if (len) *len = strlen(s);
+    /* splice the windows in (no other string of a cursor can hold the mark: hex, names) */
+    size_t n = strlen(s), extra = 0;
+    for (int t = 0; t < dl->n_touch; t++)
+        if (dl->saved[t].seek && dl->saved[t].seek->sp.window_len)
+            extra += strlen(seek_window_b64_(dl->saved[t].seek));
+    if (extra) {
+        char *out = xmalloc(n + extra + 1), *o = out;
+        const char *p = s, *m;
+        while ((m = strstr(p, WINDOW_MARK))) {
+            memcpy(o, p, (size_t)(m - p));
+            o += m - p;
+            char *end;
+            long t = strtol(m + strlen(WINDOW_MARK), &end, 10);
+            if (t < 0 || t >= dl->n_touch || !dl->saved[t].seek)
+                FATAL(NULL, "data cursor: bad window mark");
+            const char *b = seek_window_b64_(dl->saved[t].seek);
+            size_t bl = strlen(b);
+            memcpy(o, b, bl);
+            o += bl;
+            p = end;
+        }
+        size_t rest = strlen(p);
+        memcpy(o, p, rest + 1);
+        o += rest;
+        free(s);
+        s = out;
+        n = (size_t)(o - out);
+    }
+    if (len) *len = n;
     return s;
 }
 
