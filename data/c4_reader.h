@@ -152,7 +152,8 @@ const C4Stats *c4_reader_stats(const C4Reader *r);
 /* Bytes the reader's own line buffers hold between calls: at most 512 KiB plus the current
  * document, however long earlier lines were (the decoders' fixed buffers, 64 KiB read + 64 KiB
  * output + zlib's ~45 KiB for gzip, 128 KiB output + the stream's window for zstd, and
- * libarchive's tar/raw buffers come on top). */
+ * libarchive's tar/raw buffers come on top, and for a file with seek points two of them, 33 KiB
+ * each: the candidate being completed and the last completed one). */
 size_t c4_reader_buffered_bytes(const C4Reader *r);
 void c4_stats_add(C4Stats *into, const C4Stats *from);
 /* One-line summary "documents=... bad: json=... utf8=..." to out. */
