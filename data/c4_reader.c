@@ -359,7 +359,7 @@ static void gzip_candidate_(Dec *d, size_t produced) {
     if (c->member_len > 0 && inflateGetDictionary(z, c->window, &wl) != Z_OK) wl = 0;
     c->window_len = wl;
     if ((unsigned long long)wl != (c->member_len < C4_SEEK_WINDOW ? c->member_len : C4_SEEK_WINDOW))
-        d->cand_seq--, d->cand->kind = C4_SEEK_NONE;   /* cannot happen; never use it */
+        c->kind = C4_SEEK_NONE;     /* cannot happen; a new number that is never completed */
 }
 
 /* The trailer of a member resumed at a seek point (raw deflate): CRC32 then ISIZE, checked
@@ -1289,7 +1289,9 @@ static void seek_adopt_(C4Reader *r) {
     r->pend_upto = c->out_off;
 }
 
-/* A line ended at blk_pos: complete the pending point if it is far enough behind. */
+/* A line ended at blk_pos: complete the pending point if it is far enough behind (odec's
+ * candidate is still the pending one: candidates change only inside dec_read_, and every block
+ * fetch adopts the newest). */
 static void seek_line_end_(C4Reader *r) {
     const C4SeekPoint *c = r->odec.cand;
     long long pos = r->blk_abs + (long long)r->blk_pos;
@@ -1334,6 +1336,7 @@ C4Reader *c4_reader_open_at(const char *path, const C4ReaderOptions *opts, const
     if (!r) return NULL;
     char why[400] = "";
     struct stat st;
+    memset(&st, 0, sizeof st);
     Dec *d = &r->odec;
     long long every = d->snap_every;
     dec_init_(d, file_in_, r, 0);
@@ -1344,7 +1347,7 @@ C4Reader *c4_reader_open_at(const char *path, const C4ReaderOptions *opts, const
     d->in_off = sp->in_off;
     d->z_member = sp->member;
     if (fstat(r->fd, &st) != 0 || st.st_size < sp->in_off) {
-        snprintf(why, sizeof why, "the file has %lld bytes", (long long)st.st_size);
+        snprintf(why, sizeof why, "the file has only %lld bytes", (long long)st.st_size);
         goto fail;
     }
     if (sp->kind == C4_SEEK_GZIP) {
