@@ -57,6 +57,7 @@
 #include <fcntl.h>
 #include <jansson.h>          /* json_loadb */
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,6 +130,20 @@ typedef struct {
     /* gzip */
     z_stream z;
     int z_init, z_between;      /* z_between: a member ended, the next has not started */
+    long z_member;              /* 0-based number of the current gzip member / zstd frame */
+    int z_raw;                  /* the member was resumed at a seek point: raw deflate, the CRC32
+                                   and length counted here, the trailer read and checked here */
+    uint32_t z_crc;             /* z_raw: CRC32 of the member's output so far */
+    unsigned long long z_len;   /* z_raw: the member's output so far */
+    int z_trailer;              /* z_raw: the deflate data ended; reading the 8-byte trailer */
+    unsigned char z_trl[8];
+    int z_trl_len;
+    /* seek points: candidate restart points (see c4_reader.h "Seek points") */
+    long long out_total;        /* bytes output before this call (absolute after a restart) */
+    long long snap_every;       /* 0: record no candidates */
+    long long snap_next;        /* the next candidate is at the first boundary at or after this */
+    C4SeekPoint *cand;          /* the latest candidate (restart fields only), if cand_seq > 0 */
+    long cand_seq;
     /* zstd */
     ZSTD_DStream *zs;
     ZstdPhase zp;
@@ -156,6 +171,8 @@ static void dec_init_(Dec *d, DecInput in, void *ud, int detect) {
 
 static void dec_free_(Dec *d) {
     if (d->z_init) inflateEnd(&d->z);
+    free(d->cand);
+    d->cand = NULL;
     if (d->zs) ZSTD_freeDStream(d->zs);
     if (d->ar) archive_read_free(d->ar);
     free(d->out);
@@ -314,10 +331,66 @@ static int dec_start_(Dec *d) {
     return 0;
 }
 
+/* A candidate seek point of kind k at the current input offset (the caller fills the gzip
+ * fields). */
+static C4SeekPoint *dec_candidate_(Dec *d, int kind, long long out) {
+    if (!d->cand) d->cand = xmalloc(sizeof *d->cand);
+    C4SeekPoint *c = d->cand;
+    memset(c, 0, offsetof(C4SeekPoint, window));
+    c->kind = kind;
+    c->in_off = d->in_off;
+    c->out_off = out;
+    d->cand_seq++;
+    d->snap_next = out + d->snap_every;
+    return c;
+}
+
+/* inflate stopped (Z_BLOCK) with `produced` bytes of this call's output: at a deflate block
+ * boundary that is not the end of the member, take it as a candidate. */
+static void gzip_candidate_(Dec *d, size_t produced) {
+    z_stream *z = &d->z;
+    if (!(z->data_type & 128) || (z->data_type & 64)) return;
+    C4SeekPoint *c = dec_candidate_(d, C4_SEEK_GZIP, d->out_total + (long long)produced);
+    c->bits = z->data_type & 7;
+    c->member = d->z_member;
+    c->crc = d->z_raw ? d->z_crc : (uint32_t)z->adler;
+    c->member_len = d->z_raw ? d->z_len : (unsigned long long)z->total_out;
+    uInt wl = 0;
+    if (c->member_len > 0 && inflateGetDictionary(z, c->window, &wl) != Z_OK) wl = 0;
+    c->window_len = wl;
+    if ((unsigned long long)wl != (c->member_len < C4_SEEK_WINDOW ? c->member_len : C4_SEEK_WINDOW))
+        c->kind = C4_SEEK_NONE;     /* cannot happen; a new number that is never completed */
+}
+
+/* The trailer of a member resumed at a seek point (raw deflate): CRC32 then ISIZE, checked
+ * like zlib does (the error offset is after the field that fails, as zlib reports it). */
+static int gzip_trailer_(Dec *d) {
+    while (d->in_len > 0 && d->z_trailer) {
+        d->z_trl[d->z_trl_len++] = (unsigned char)d->ip[0];
+        dec_consume_(d, 1);
+        if (d->z_trl_len != 4 && d->z_trl_len != 8) continue;
+        const unsigned char *t = d->z_trl + d->z_trl_len - 4;
+        uint32_t v = (uint32_t)t[0] | (uint32_t)t[1] << 8 | (uint32_t)t[2] << 16 |
+                     (uint32_t)t[3] << 24;
+        int is_crc = d->z_trl_len == 4;
+        if (v != (is_crc ? d->z_crc : (uint32_t)d->z_len)) {
+            dec_fail_(d, C4_CORRUPT, d->in_off, "gzip data corrupt at compressed byte %lld "
+                      "(incorrect %s check)", d->in_off, is_crc ? "data" : "length");
+            return -1;
+        }
+        if (!is_crc) { d->z_trailer = 0; d->z_between = 1; }
+    }
+    return 0;
+}
+
 static int dec_read_gzip_(Dec *d, const char **p, size_t *n) {
     z_stream *z = &d->z;
+    /* Output blocks end at multiples of out_cap of the whole stream (every call of a reader that
+     * started at the beginning fills the block), so a reader restarted at a seek point reads the
+     * same blocks and its input_bytes agree. */
+    size_t cap = d->out_cap - (size_t)(d->out_total % (long long)d->out_cap);
     size_t produced = 0;
-    while (produced < d->out_cap) {
+    while (produced < cap) {
         int rc = dec_fill_(d);
         if (rc < 0) break;
         if (rc == 0) {
@@ -327,6 +400,10 @@ static int dec_read_gzip_(Dec *d, const char **p, size_t *n) {
             else if (produced == 0) return 0;
             break;
         }
+        if (d->z_trailer) {
+            if (gzip_trailer_(d) != 0) break;
+            continue;
+        }
         if (d->z_between) {                 /* after a member: another member, or padding */
             unsigned char c = (unsigned char)d->ip[0];
             if (c == 0) { dec_consume_(d, 1); continue; }
@@ -335,24 +412,46 @@ static int dec_read_gzip_(Dec *d, const char **p, size_t *n) {
                           "at compressed byte %lld (not another member)", c, d->in_off);
                 break;
             }
-            inflateReset(z);
+            if (d->z_raw) {
+                if (inflateReset2(z, 15 + 16) != Z_OK) FATAL(NULL, "inflateReset2 failed");
+                d->z_raw = 0;
+            } else {
+                inflateReset(z);
+            }
             d->z_between = 0;
+            d->z_member++;
         }
         z->next_in = (Bytef *)(uintptr_t)d->ip;
         z->avail_in = (uInt)(d->in_len > (1u << 30) ? (1u << 30) : d->in_len);
         z->next_out = (Bytef *)d->out + produced;
-        z->avail_out = (uInt)(d->out_cap - produced);
+        z->avail_out = (uInt)(cap - produced);
         size_t in0 = z->avail_in, out0 = z->avail_out;
-        int ret = inflate(z, Z_NO_FLUSH);
+        /* looking for a seek point: stop at every deflate block boundary */
+        int flush = d->snap_every && d->out_total + (long long)produced >= d->snap_next ?
+                    Z_BLOCK : Z_NO_FLUSH;
+        int ret = inflate(z, flush);
         dec_consume_(d, in0 - z->avail_in);
-        produced += out0 - z->avail_out;
-        if (ret == Z_STREAM_END) { d->z_between = 1; continue; }
-        if (ret == Z_OK || ret == Z_BUF_ERROR) continue;
+        size_t got = out0 - z->avail_out;
+        if (d->z_raw) {
+            d->z_crc = (uint32_t)crc32(d->z_crc, (const Bytef *)d->out + produced, (uInt)got);
+            d->z_len += got;
+        }
+        produced += got;
+        if (ret == Z_STREAM_END) {
+            if (d->z_raw) { d->z_trailer = 1; d->z_trl_len = 0; }
+            else d->z_between = 1;
+            continue;
+        }
+        if (ret == Z_OK || ret == Z_BUF_ERROR) {
+            if (flush == Z_BLOCK) gzip_candidate_(d, produced);
+            continue;
+        }
         if (ret == Z_MEM_ERROR) FATAL(NULL, "inflate: out of memory");
         dec_fail_(d, C4_CORRUPT, d->in_off, "gzip data corrupt at compressed byte %lld (%s)",
                   d->in_off, z->msg ? z->msg : "inflate error");
         break;
     }
+    d->out_total += (long long)produced;
     *p = d->out;
     *n = produced;
     if (produced > 0) return 1;
@@ -420,6 +519,7 @@ static void zstd_body_done_(Dec *d) {
     if (d->z_checksum) { d->z_checksum = 0; d->z_body = 4; d->zp = ZP_BODY; return; }
     d->zp = ZP_MAGIC;
     d->zh_need = 4;
+    d->z_member++;                  /* frames (skippable ones too) counted for reports */
 }
 
 static int dec_read_zstd_(Dec *d, const char **p, size_t *n) {
@@ -427,6 +527,11 @@ static int dec_read_zstd_(Dec *d, const char **p, size_t *n) {
     for (;;) {
         if (d->zp != ZP_BODY && d->zh_len == d->zh_need) { zstd_header_done_(d); continue; }
         if (d->zp == ZP_BODY && d->z_body == 0) { zstd_body_done_(d); continue; }
+        if (d->zp == ZP_MAGIC && d->zh_len == 0 && out.pos == 0 && d->snap_every &&
+            d->out_total >= d->snap_next && d->in_off > 0) {
+            dec_candidate_(d, C4_SEEK_ZSTD, d->out_total);   /* a frame starts here */
+            d->cand->member = d->z_member;
+        }
         int rc = dec_fill_(d);
         if (rc < 0) break;
         if (rc == 0) {
@@ -468,6 +573,7 @@ static int dec_read_zstd_(Dec *d, const char **p, size_t *n) {
         else d->z_body -= take;
         if (completes && out.pos > 0) break;
     }
+    d->out_total += (long long)out.pos;
     *p = d->out;
     *n = out.pos;
     if (out.pos > 0) return 1;
@@ -503,8 +609,11 @@ static int dec_read_(Dec *d, const char **p, size_t *n) {
     case DEC_PLAIN: {
         int rc = dec_fill_(d);
         if (rc <= 0) return rc;
+        if (d->snap_every && d->out_total >= d->snap_next)
+            dec_candidate_(d, C4_SEEK_PLAIN, d->out_total);   /* restart = this file offset */
         *p = d->ip;
         *n = d->in_len;
+        d->out_total += (long long)d->in_len;
         dec_consume_(d, d->in_len);
         return 1;
     }
@@ -543,6 +652,19 @@ struct C4Reader {
     char *dec;                  /* fast-path decoded strings of the last line (<= line + 16) */
     size_t dec_cap;
     C4Stats stats;
+
+    /* seek points (c4_reader.h): odec proposes restart points, the line splitter completes them
+     * at the first line end C4_SEEK_CHECK_MIN bytes or more after them */
+    long long file_off;         /* bytes read from the file (reads end at 64 KiB multiples) */
+    int direct;                 /* restarted at a seek point: odec's output is the member, no
+                                   libarchive */
+    long long blk_abs;          /* uncompressed offset of blk[0] (a raw member: the stream) */
+    int pend;                   /* odec's candidate number pend_seq is being completed */
+    long pend_seq;
+    uint32_t pend_crc;          /* CRC32 of the output from the candidate up to pend_upto */
+    long long pend_upto;
+    C4SeekPoint *fin;           /* the last completed seek point */
+    int fin_new;                /* not yet taken by c4_reader_take_seek_point */
 };
 
 const char *c4_bad_kind_name(C4BadKind k) {
@@ -902,12 +1024,15 @@ static int process_line_(C4Reader *r, const char *s, size_t len, C4Document *doc
 static int file_in_(void *ud, const char **p, size_t *n, char *msg, size_t msglen) {
     C4Reader *r = ud;
     for (;;) {
-        ssize_t got = read(r->fd, r->rbuf, C4_READ_BLOCK);
+        /* reads end at multiples of C4_READ_BLOCK, also after a restart at a seek point */
+        size_t want = C4_READ_BLOCK - (size_t)(r->file_off % (long long)C4_READ_BLOCK);
+        ssize_t got = read(r->fd, r->rbuf, want);
         if (got < 0 && errno == EINTR) continue;
         if (got < 0) {
             snprintf(msg, msglen, "read error: %s", strerror(errno));
             return -1;
         }
+        r->file_off += got;
         *p = r->rbuf;
         *n = (size_t)got;
         return got > 0;
@@ -927,9 +1052,12 @@ static la_ssize_t outer_read_(struct archive *a, void *ud, const void **buf) {
     return (la_ssize_t)n;
 }
 
-/* Input of the member decoder: the member's bytes from libarchive. */
+/* Input of the member decoder: the member's bytes from libarchive (or, restarted at a seek point,
+ * straight from odec; a failure of odec then ends the member as libarchive would, and is
+ * reported from r->odec). */
 static int member_in_(void *ud, const char **p, size_t *n, char *msg, size_t msglen) {
     C4Reader *r = ud;
+    if (r->direct) return dec_read_(&r->odec, p, n) == 1;
     const void *b;
     size_t size = 0;
     la_int64_t off;
@@ -981,6 +1109,7 @@ static int next_member_(C4Reader *r, const char **errstr) {
     r->skipping = 0;
     r->line_no = 0;
     dec_free_(&r->mdec);
+    if (r->direct) r->done = 1;               /* one member, already read */
     while (!r->done) {
         struct archive_entry *e;
         int ret = archive_read_next_header(r->outer, &e);
@@ -1020,10 +1149,16 @@ static int next_member_(C4Reader *r, const char **errstr) {
  * file and the OS error in err (if err is not NULL). Any byte stream is a recognised format
  * (plain JSON Lines at worst), so a file whose compressed stream is corrupt or cut right at its
  * start still opens: it reports one C4_TRUNCATED or C4_CORRUPT and delivers no documents. */
-C4Reader *c4_reader_open(const char *path, const C4ReaderOptions *opts, char *err, size_t errlen) {
-    char dummy[8];
-    if (!err) { err = dummy; errlen = sizeof dummy; }
-    if (errlen) err[0] = '\0';
+static long long seek_interval_ = 0;
+
+long long c4_seek_interval_set(long long bytes) {
+    long long old = seek_interval_;
+    seek_interval_ = bytes;
+    return old;
+}
+
+static C4Reader *reader_new_(const char *path, const C4ReaderOptions *opts, char *err,
+                             size_t errlen) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         snprintf(err, errlen, "c4: cannot open '%s': %s (check the path and permissions)", path,
@@ -1046,7 +1181,21 @@ C4Reader *c4_reader_open(const char *path, const C4ReaderOptions *opts, char *er
     r->report_first = opts && opts->report_first ? opts->report_first : C4_DEFAULT_REPORT_FIRST;
     if (r->report_first < 0) r->report_first = 0;
     r->report = opts ? opts->report : NULL;
+    r->odec.snap_every = seek_interval_ ? (seek_interval_ > 0 ? seek_interval_ : 0)
+                                         : C4_SEEK_INTERVAL;
+    return r;
+}
+
+C4Reader *c4_reader_open(const char *path, const C4ReaderOptions *opts, char *err, size_t errlen) {
+    char dummy[8];
+    if (!err) { err = dummy; errlen = sizeof dummy; }
+    if (errlen) err[0] = '\0';
+    C4Reader *r = reader_new_(path, opts, err, errlen);
+    if (!r) return NULL;
+    long long every = r->odec.snap_every;
     dec_init_(&r->odec, file_in_, r, 1);
+    r->odec.snap_every = every;
+    r->odec.snap_next = every;
     r->outer = archive_read_new();
     if (!r->outer) FATAL(NULL, "archive_read_new failed (out of memory?)");
     archive_read_support_format_tar(r->outer);
@@ -1113,6 +1262,178 @@ static int line_end_(C4Reader *r, const char *p, size_t n, C4Document *doc) {
     return good;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Seek points: odec records candidates (restart state at an output offset X); the reader takes the
+ * newest when it fetches a block, sums the CRC32 of the output from X on, and completes the point
+ * at the first line end at or after X + C4_SEEK_CHECK_MIN. */
+
+/* Add the current block's bytes in [pend_upto, upto) to pend_crc. */
+static void seek_crc_block_(C4Reader *r, long long upto) {
+    long long lo = r->pend_upto > r->blk_abs ? r->pend_upto : r->blk_abs;
+    long long hi = upto < r->blk_abs + (long long)r->blk_len ? upto : r->blk_abs + (long long)r->blk_len;
+    if (hi <= lo) return;
+    r->pend_crc = (uint32_t)crc32(r->pend_crc, (const Bytef *)r->blk + (lo - r->blk_abs),
+                                  (uInt)(hi - lo));
+    r->pend_upto = hi;
+}
+
+/* odec has a new candidate: complete that one from now on (a raw member only: in a tar the
+ * member's bytes are not odec's output). */
+static void seek_adopt_(C4Reader *r) {
+    r->pend_seq = r->odec.cand_seq;
+    r->pend = 0;
+    const C4SeekPoint *c = r->odec.cand;
+    if (r->is_tar || !c || c->kind == C4_SEEK_NONE || c->out_off < r->blk_abs) return;
+    r->pend = 1;
+    r->pend_crc = 0;
+    r->pend_upto = c->out_off;
+}
+
+/* A line ended at blk_pos: complete the pending point if it is far enough behind (odec's
+ * candidate is still the pending one: candidates change only inside dec_read_, and every block
+ * fetch adopts the newest). */
+static void seek_line_end_(C4Reader *r) {
+    const C4SeekPoint *c = r->odec.cand;
+    long long pos = r->blk_abs + (long long)r->blk_pos;
+    if (pos < c->out_off + C4_SEEK_CHECK_MIN) return;
+    seek_crc_block_(r, pos);
+    if (r->pend_upto != pos) { r->pend = 0; return; }   /* a gap: cannot happen */
+    if (!r->fin) r->fin = xmalloc(sizeof *r->fin);
+    memcpy(r->fin, c, offsetof(C4SeekPoint, window) + c->window_len);
+    r->fin->skip = pos - c->out_off;
+    r->fin->check = r->pend_crc;
+    r->fin->line_no = r->line_no;
+    r->fin->stats = r->stats;
+    r->fin_new = 1;
+    r->pend = 0;
+}
+
+int c4_reader_take_seek_point(C4Reader *r, C4SeekPoint *out) {
+    if (!r->fin_new) return 0;
+    memcpy(out, r->fin, offsetof(C4SeekPoint, window) + r->fin->window_len);
+    if (r->fin->window_len < C4_SEEK_WINDOW)
+        memset(out->window + r->fin->window_len, 0, C4_SEEK_WINDOW - r->fin->window_len);
+    r->fin_new = 0;
+    return 1;
+}
+
+/* See c4_reader.h. The decoder is set up in the state odec had at sp->out_off (raw deflate with
+ * the window and the pending bits for gzip, a fresh frame for zstd, the file offset for plain),
+ * its output goes straight to the line splitter (one raw member), and the sp->skip bytes up to
+ * the line end are read, compared with sp->check and dropped. */
+C4Reader *c4_reader_open_at(const char *path, const C4ReaderOptions *opts, const C4SeekPoint *sp,
+                            char *err, size_t errlen) {
+    char dummy[8];
+    if (!err) { err = dummy; errlen = sizeof dummy; }
+    if (errlen) err[0] = '\0';
+    if (!sp || sp->kind < C4_SEEK_GZIP || sp->kind > C4_SEEK_PLAIN || sp->in_off < 0 ||
+        sp->out_off < 0 || sp->skip < C4_SEEK_CHECK_MIN || sp->bits < 0 || sp->bits > 7 ||
+        sp->window_len > C4_SEEK_WINDOW || (sp->bits && sp->in_off == 0) || sp->line_no < 0) {
+        snprintf(err, errlen, "c4: '%s': invalid seek point", path);
+        return NULL;
+    }
+    C4Reader *r = reader_new_(path, opts, err, errlen);
+    if (!r) return NULL;
+    char why[400] = "";
+    struct stat st;
+    memset(&st, 0, sizeof st);
+    Dec *d = &r->odec;
+    long long every = d->snap_every;
+    dec_init_(d, file_in_, r, 0);
+    d->snap_every = every;
+    d->snap_next = sp->out_off + every;
+    d->started = 1;
+    d->out_total = sp->out_off;
+    d->in_off = sp->in_off;
+    d->z_member = sp->member;
+    if (fstat(r->fd, &st) != 0 || st.st_size < sp->in_off) {
+        snprintf(why, sizeof why, "the file has only %lld bytes", (long long)st.st_size);
+        goto fail;
+    }
+    if (sp->kind == C4_SEEK_GZIP) {
+        d->kind = DEC_GZIP;
+        if (inflateInit2(&d->z, -15) != Z_OK) FATAL(NULL, "inflateInit2 failed (out of memory?)");
+        d->z_init = 1;
+        d->out_cap = DEC_OUT_BLOCK;
+        if (sp->bits) {
+            unsigned char byte;
+            if (pread(r->fd, &byte, 1, sp->in_off - 1) != 1) {
+                snprintf(why, sizeof why, "cannot read byte %lld: %s", sp->in_off - 1,
+                         strerror(errno));
+                goto fail;
+            }
+            inflatePrime(&d->z, sp->bits, byte >> (8 - sp->bits));
+        }
+        if (sp->window_len &&
+            inflateSetDictionary(&d->z, sp->window, (uInt)sp->window_len) != Z_OK) {
+            snprintf(why, sizeof why, "zlib refuses the window");
+            goto fail;
+        }
+        d->z_raw = 1;
+        d->z_crc = sp->crc;
+        d->z_len = sp->member_len;
+    } else if (sp->kind == C4_SEEK_ZSTD) {
+        d->kind = DEC_ZSTD;
+        d->zs = ZSTD_createDStream();
+        if (!d->zs) FATAL(NULL, "ZSTD_createDStream failed (out of memory?)");
+        ZSTD_initDStream(d->zs);
+        d->out_cap = DEC_ZSTD_OUT;
+        d->zp = ZP_MAGIC;
+        d->zh_need = 4;
+    } else {
+        d->kind = DEC_PLAIN;
+    }
+    if (d->out_cap) d->out = xmalloc(d->out_cap);
+    if (lseek(r->fd, sp->in_off, SEEK_SET) != sp->in_off) {
+        snprintf(why, sizeof why, "cannot seek: %s", strerror(errno));
+        goto fail;
+    }
+    r->file_off = sp->in_off;
+    r->direct = 1;
+    r->member = xstrdup(path);
+    dec_init_(&r->mdec, member_in_, r, 0);
+    r->in_member = 1;
+    r->stats = sp->stats;
+    r->stats.input_bytes = sp->out_off;
+    r->line_no = sp->line_no;
+    long long need = sp->skip;
+    uint32_t crc = 0;
+    while (need > 0) {
+        const char *b;
+        size_t size = 0;
+        if (dec_read_(&r->mdec, &b, &size) != 1) {
+            if (d->failed) snprintf(why, sizeof why, "%s", d->err_msg);
+            else snprintf(why, sizeof why, "the data ends %lld bytes before the seek point's "
+                          "line end", need);
+            goto fail;
+        }
+        size_t take = (long long)size < need ? size : (size_t)need;
+        crc = (uint32_t)crc32(crc, (const Bytef *)b, (uInt)take);
+        need -= (long long)take;
+        r->blk = b;
+        r->blk_len = size;
+        r->blk_pos = take;
+        r->blk_abs = r->stats.input_bytes;
+        r->stats.input_bytes += (long long)size;
+    }
+    if (crc != sp->check) {
+        snprintf(why, sizeof why, "its %lld bytes there differ from those the seek point was "
+                 "taken on (CRC32 %08x, expected %08x): the file changed", sp->skip, crc,
+                 sp->check);
+        goto fail;
+    }
+    r->pend_seq = d->cand_seq;
+    r->fin = xmalloc(sizeof *r->fin);
+    *r->fin = *sp;
+    return r;
+fail:
+    snprintf(err, errlen, "c4: cannot resume '%s' at compressed byte %lld (uncompressed byte "
+             "%lld, member %ld, line %ld): %s", path, sp->in_off, sp->out_off, sp->member,
+             sp->line_no, why);
+    c4_reader_close(r);
+    return NULL;
+}
+
 /* Deliver the next good document. Returns 1 with *doc filled (its strings valid until the next
  * call or c4_reader_close), 0 at the end of the file, including after a truncated stream (counted
  * as C4_TRUNCATED). Never fails otherwise: bad records are counted, reported and skipped. */
@@ -1162,9 +1483,12 @@ int c4_reader_next(C4Reader *r, C4Document *doc) {
             }
             size_t n = (size_t)(nl - start);
             r->blk_pos += n + 1;
-            if (line_end_(r, start, n, doc)) return 1;
+            int good = line_end_(r, start, n, doc);
+            if (r->pend) seek_line_end_(r);
+            if (good) return 1;
             continue;
         }
+        if (r->pend) seek_crc_block_(r, r->blk_abs + (long long)r->blk_len);
         const char *b;
         size_t size = 0;
         int ret = dec_read_(&r->mdec, &b, &size);
@@ -1172,7 +1496,9 @@ int c4_reader_next(C4Reader *r, C4Document *doc) {
             r->blk = b;
             r->blk_len = size;
             r->blk_pos = 0;
+            r->blk_abs = r->stats.input_bytes;
             r->stats.input_bytes += (long long)size;
+            if (r->odec.cand_seq != r->pend_seq) seek_adopt_(r);
             continue;
         }
         if (ret == 0 && !(r->odec.failed && !r->is_tar)) {
@@ -1221,6 +1547,7 @@ void c4_reader_close(C4Reader *r) {
     free(r->buf);
     free(r->dec);
     free(r->member);
+    free(r->fin);
     free(r->path);
     free(r);
 }

@@ -17,11 +17,35 @@
  * record whose line ended before that point is delivered (for gzip and zstd exactly the complete
  * lines a streaming decompression of the good part yields; other libarchive compressions may lose
  * their last block); the cut line is not. Concatenated gzip members are one valid stream.
+ *
+ * Seek points (resuming deep in a file without decoding it from its start, zran-style). While it
+ * reads a plain (not tar) .json.gz, .json.zst or .json file, a reader records a C4SeekPoint
+ * about every C4_SEEK_INTERVAL bytes (1 MiB) of decompressed output:
+ *   gzip   at the first deflate block boundary after the interval: the compressed byte offset and
+ *          the bits of the byte before it still unread, the last 32 KiB of the member's output
+ *          (the window), the member's running CRC32 and length (so its trailer is still checked),
+ *          the member number; decoding restarts there as raw deflate (inflatePrime for the bits,
+ *          inflateSetDictionary for the window) and the following members decode normally.
+ *   zstd   at the first frame start after the interval: decoding restarts at that frame. A file
+ *          of a single frame (what `zstd FILE` writes) has no seek point after its start, so it is
+ *          still decoded from its beginning; files written with several frames (zstd --long
+ *          does not do this; e.g. `pzstd`, `zstd --block-size` or concatenated frames) seek.
+ *   plain  at the start of a 64 KiB read: the uncompressed byte offset is the file offset.
+ * Then, at the first line that ends at least C4_SEEK_CHECK_MIN bytes later, the point is
+ * completed with the byte count from the restart offset to that line's end (skip), the CRC32 of
+ * those bytes (check), the member's line number and the reader's statistics there.
+ * c4_reader_open_at decodes from the restart offset, drops `skip` bytes after comparing their
+ * CRC32 with `check` (so a file changed since the point was taken is refused, with the file and
+ * the compressed offset, rather than read wrongly) and continues exactly like a reader that read
+ * the file from its start: same documents, line numbers, statistics (input_bytes included, once
+ * the dropped bytes are read) and damage reports (bad records before the point are counted in
+ * the statistics but not reported again).
  */
 #ifndef C4_READER_H
 #define C4_READER_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 typedef enum {
@@ -55,6 +79,36 @@ typedef struct {
     FILE *report;               /* where reports go; NULL = stderr */
 } C4ReaderOptions;
 
+/* Readers opened afterwards record a seek point every `bytes` decompressed bytes (0: the default
+ * C4_SEEK_INTERVAL; negative: none). Process-wide, for measurements and tests: call it before
+ * opening readers, not while other threads open them. Returns the previous setting. */
+long long c4_seek_interval_set(long long bytes);
+
+#define C4_SEEK_INTERVAL ((long long)1 << 20)
+#define C4_SEEK_WINDOW 32768        /* deflate's window: the dictionary a restart needs */
+#define C4_SEEK_CHECK_MIN 64        /* bytes at least covered by a seek point's check */
+
+typedef enum { C4_SEEK_NONE = 0, C4_SEEK_GZIP, C4_SEEK_ZSTD, C4_SEEK_PLAIN } C4SeekKind;
+
+/* A point where a reader can restart (see "Seek points" above). Plain data: the loader stores it
+ * in its cursor (data/loader.h documents the JSON). */
+typedef struct {
+    int kind;                   /* C4SeekKind */
+    long long in_off;           /* compressed byte where decoding restarts */
+    int bits;                   /* gzip: bits of byte in_off - 1 not yet decoded (0..7) */
+    uint32_t crc;               /* gzip: CRC32 of the member's output before out_off */
+    unsigned long long member_len; /* gzip: bytes of the member's output before out_off */
+    long member;                /* 0-based gzip member or zstd frame holding out_off */
+    long long out_off;          /* uncompressed offset of the restart in the whole stream */
+    long long skip;             /* bytes from out_off to the end of the line where the point is */
+    uint32_t check;             /* CRC32 of those bytes */
+    long line_no;               /* line number (within the member) of that line */
+    C4Stats stats;              /* the reader's statistics right after that line (input_bytes:
+                                   decompressed bytes read, a whole 64 KiB block or more) */
+    size_t window_len;          /* gzip: min(32 KiB, member_len) */
+    unsigned char window[C4_SEEK_WINDOW]; /* gzip: the last window_len bytes before out_off */
+} C4SeekPoint;
+
 typedef struct {
     const char *text;           /* UTF-8, NUL-terminated, valid until the next call */
     size_t text_len;
@@ -72,6 +126,21 @@ typedef struct C4Reader C4Reader;
  * C4_CORRUPT and delivers nothing.) */
 C4Reader *c4_reader_open(const char *path, const C4ReaderOptions *opts, char *err, size_t errlen);
 
+/* Open path and continue from seek point sp (taken by a reader of the same file with the same
+ * max_line_bytes): the reader is then in the state of a reader that read the file from its start
+ * up to the end of the line sp was completed at (its statistics are sp's; bad records before it
+ * are not reported again). Returns NULL with a message naming the file and the compressed byte
+ * offset if the file cannot be opened, is shorter, does not decode from there, or its bytes
+ * there differ from sp->check (the file changed since sp was taken): the caller may then read
+ * the file from its start instead. */
+C4Reader *c4_reader_open_at(const char *path, const C4ReaderOptions *opts, const C4SeekPoint *sp,
+                            char *err, size_t errlen);
+
+/* If the reader completed a seek point since the last call (or since it was opened), copy it to
+ * *out and return 1; else 0. The point describes a position at or before the last document
+ * delivered (sp->stats.documents <= documents delivered). */
+int c4_reader_take_seek_point(C4Reader *r, C4SeekPoint *out);
+
 /* Deliver the next good document into *doc. Returns 1 if one was delivered, 0 at the end of the
  * file (including an early end of a truncated stream, which is counted as C4_TRUNCATED).
  * Never fails otherwise: bad records (and damage, C4_TRUNCATED / C4_CORRUPT) are counted and
@@ -83,7 +152,8 @@ const C4Stats *c4_reader_stats(const C4Reader *r);
 /* Bytes the reader's own line buffers hold between calls: at most 512 KiB plus the current
  * document, however long earlier lines were (the decoders' fixed buffers, 64 KiB read + 64 KiB
  * output + zlib's ~45 KiB for gzip, 128 KiB output + the stream's window for zstd, and
- * libarchive's tar/raw buffers come on top). */
+ * libarchive's tar/raw buffers come on top, and for a file with seek points two of them, 33 KiB
+ * each: the candidate being completed and the last completed one). */
 size_t c4_reader_buffered_bytes(const C4Reader *r);
 void c4_stats_add(C4Stats *into, const C4Stats *from);
 /* One-line summary "documents=... bad: json=... utf8=..." to out. */

@@ -15,12 +15,14 @@
 #include <glob.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
+#include <zlib.h>
 
 #include "../common/util.h"
 #include "c4_reader.h"
@@ -46,6 +48,35 @@ static uint64_t epoch_seed_(uint64_t seed, int epoch) {
 /* ---------------------------------------------------------------------------------------- */
 /* Cursor of one stream                                                                      */
 
+/* A reader's seek point, shared (read-only) by the cursor copies that hold it: the live cursor,
+ * the saved one and the prefetch slots, possibly on two threads. */
+typedef struct {
+    atomic_int refs;
+    _Atomic(char *) window_b64;   /* the cursor's "window" text, made once on first save (the
+                                     trainer saves a cursor every step) */
+    uint32_t window_crc;          /* CRC32 of sp.window[0..window_len) */
+    C4SeekPoint sp;
+} SeekRef;
+
+static SeekRef *seek_ref_(SeekRef *r) {
+    if (r) atomic_fetch_add(&r->refs, 1);
+    return r;
+}
+
+static void seek_unref_(SeekRef *r) {
+    if (r && atomic_fetch_sub(&r->refs, 1) == 1) {
+        free(atomic_load(&r->window_b64));
+        free(r);
+    }
+}
+
+static SeekRef *seek_new_(void) {
+    SeekRef *r = xmalloc(sizeof *r);
+    atomic_init(&r->refs, 1);
+    atomic_init(&r->window_b64, NULL);
+    return r;
+}
+
 typedef struct {
     int epoch;            /* current epoch (0-based) */
     int slot;             /* index into the epoch's file order */
@@ -62,6 +93,8 @@ typedef struct {
     long pending_index;
     int n_pending;
     int32_t *pending;     /* capacity: piece length */
+    SeekRef *seek;        /* the reader's latest seek point in the file at slot (at or before
+                             document `doc`), or NULL: restore then reads the file from its start */
 } Cursor;
 
 static void cursor_init_(Cursor *c, int P) {
@@ -70,6 +103,7 @@ static void cursor_init_(Cursor *c, int P) {
 }
 
 static void cursor_free_(Cursor *c) {
+    seek_unref_(c->seek);
     free(c->carry);
     free(c->pending);
     memset(c, 0, sizeof *c);
@@ -95,6 +129,10 @@ static void carry_trim_(Cursor *c) {
 static void cursor_copy_(Cursor *dst, const Cursor *src, int P) {
     int32_t *carry = dst->carry, *pending = dst->pending;
     size_t cap = dst->cap_carry;
+    if (dst->seek != src->seek) {
+        seek_unref_(dst->seek);
+        seek_ref_(src->seek);
+    }
     *dst = *src;
     dst->carry = carry; dst->cap_carry = cap; dst->pending = pending;
     carry_reserve_(dst, (size_t)src->n_carry);
@@ -115,6 +153,7 @@ typedef struct {
     uint64_t seed_e;
     Cursor c;
     C4Reader *reader;      /* open on files[order[c.slot]], c.doc documents read */
+    SeekRef *spare;        /* allocated, for the reader's next seek point */
     /* the pending piece corrupted (cache, recomputed after a restore) */
     int have_ex, ex_ni, ex_nt;
     int32_t *ex_in, *ex_tg;
@@ -187,21 +226,42 @@ static void stream_close_reader_(Stream *s) {
     s->reader = NULL;
 }
 
-/* Open the file at c.slot and skip the c.doc documents already consumed (parse only). */
+/* Open the file at c.slot and skip the c.doc documents already consumed (parse only): from the
+ * cursor's seek point if it has one (only the documents after it are parsed), else from the start
+ * of the file (also when the point does not fit the file any more: said on stderr). Either way
+ * the reader's statistics and the skipped count are those of reading the c.doc documents. */
 static int stream_open_reader_(DataLoader *dl, Stream *s) {
     int gi = s->files[s->order[s->c.slot]];
     /* bad records are reported once: in epoch 0, by the first stream sharing the file */
     C4ReaderOptions opt = { dl->max_line_bytes, (s->c.epoch == 0 && s->share_idx == 0) ? 3 : -1,
                             NULL };
     char err[512];
-    s->reader = c4_reader_open(dl->files[gi], &opt, err, sizeof err);
+    long from = 0;
+    SeekRef *sk = s->c.seek;
+    if (sk && s->c.doc >= sk->sp.stats.documents) {
+        s->reader = c4_reader_open_at(dl->files[gi], &opt, &sk->sp, err, sizeof err);
+        if (s->reader) {
+            from = sk->sp.stats.documents;
+        } else {
+            fprintf(stderr, "data loader: warning: stream %d: %s; reading the file from its start "
+                    "to its document %ld instead (HINT: a data file was replaced or rewritten "
+                    "since the cursor was saved; if its content changed too, the examples after "
+                    "the resume differ from the original run's)\n", s->k, err, s->c.doc);
+        }
+    }
+    if (!s->reader) {
+        seek_unref_(s->c.seek);
+        s->c.seek = NULL;
+        s->reader = c4_reader_open(dl->files[gi], &opt, err, sizeof err);
+    }
     if (!s->reader) {
         set_err_(dl, "stream %d, epoch %d: %s (HINT: every data file must stay readable for the "
                  "whole run)", s->k, s->c.epoch, err);
         return -1;
     }
     C4Document d;
-    for (long i = 0; i < s->c.doc; i++) {
+    s->st.docs_skipped += from;
+    for (long i = from; i < s->c.doc; i++) {
         if (c4_reader_next(s->reader, &d) != 1) {
             set_err_(dl, "stream %d: cursor says %ld documents were read from %s but it has only "
                      "%ld (HINT: the data files changed since the cursor was saved)",
@@ -225,9 +285,19 @@ static int next_document_(DataLoader *dl, Stream *s) {
             stream_close_reader_(s);
             c->slot++;
             c->doc = 0;
+            seek_unref_(c->seek);
+            c->seek = NULL;
             continue;
         }
         long d = c->doc++;
+        if (!s->spare) s->spare = seek_new_();
+        if (c4_reader_take_seek_point(s->reader, &s->spare->sp)) {
+            s->spare->window_crc = (uint32_t)crc32(0, s->spare->sp.window,
+                                                   (uInt)s->spare->sp.window_len);
+            seek_unref_(c->seek);
+            c->seek = s->spare;           /* its reference moves to the cursor */
+            s->spare = NULL;
+        }
         s->st.docs_read++;
         if (s->share > 1 && d % s->share != s->share_idx) continue;
         long n = spm_encode(dl->spm, doc.text, doc.text_len, &dl->tok, &dl->tok_cap);
@@ -815,12 +885,165 @@ static json_t *ids_json_(const int32_t *ids, long n) {
     return a;
 }
 
+#define CURSOR_VERSION 2       /* 2: "seek" per stream; 1 (no seek points) is still read */
+
+static const char b64_[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static char *b64_encode_(const unsigned char *p, size_t n) {
+    char *o = xmalloc(4 * ((n + 2) / 3) + 1), *q = o;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) |
+                     (i + 2 < n ? p[i + 2] : 0);
+        *q++ = b64_[v >> 18];
+        *q++ = b64_[(v >> 12) & 63];
+        *q++ = i + 1 < n ? b64_[(v >> 6) & 63] : '=';
+        *q++ = i + 2 < n ? b64_[v & 63] : '=';
+    }
+    *q = '\0';
+    return o;
+}
+
+/* Decode into out (cap bytes); returns the length or -1 (bad character, length or too long). */
+static long b64_decode_(const char *s, unsigned char *out, size_t cap) {
+    size_t n = strlen(s), k = 0;
+    if (n % 4) return -1;
+    signed char val[256];
+    memset(val, -1, sizeof val);
+    for (int i = 0; i < 64; i++) val[(unsigned char)b64_[i]] = (signed char)i;
+    for (size_t i = 0; i < n; i += 4) {
+        uint32_t v = 0;
+        int pad = 0;
+        for (int j = 0; j < 4; j++) {
+            unsigned char ch = (unsigned char)s[i + j];
+            if (ch == '=' && i + 4 == n && j >= 2) { pad++; v <<= 6; continue; }
+            if (val[ch] < 0 || pad) return -1;
+            v = v << 6 | (uint32_t)val[ch];
+        }
+        for (int j = 0; j < 3 - pad; j++) {
+            if (k >= cap) return -1;
+            out[k++] = (unsigned char)(v >> (16 - 8 * j));
+        }
+    }
+    return (long)k;
+}
+
+static const char *const seek_kinds_[] = { "none", "gzip", "zstd", "plain" };
+
+/* The base64 text of a point's compressed window, made once. */
+static const char *seek_window_b64_(SeekRef *ref) {
+    const C4SeekPoint *sp = &ref->sp;
+    char *b = atomic_load(&ref->window_b64);
+    if (b) return b;
+    uLongf zl = compressBound((uLong)sp->window_len);
+    unsigned char *z = xmalloc(zl);
+    if (compress2(z, &zl, sp->window, (uLong)sp->window_len, 9) != Z_OK)
+        FATAL("out of memory?", "cannot compress a seek point's window");
+    b = b64_encode_(z, zl);
+    free(z);
+    char *expect = NULL;
+    if (!atomic_compare_exchange_strong(&ref->window_b64, &expect, b)) {
+        free(b);
+        b = expect;
+    }
+    return b;
+}
+
+/* Placeholder of stream t's window in the JSON jansson writes: the base64 text (~15 KB a stream)
+ * is spliced in afterwards, as jansson's writer would take ~0.2 ms per stream to copy it
+ * character by character, and the trainer saves a cursor every step. */
+#define WINDOW_MARK "@@window:"
+
+/* The "seek" object of a stream entry (loader.h documents the fields); its "window" is
+ * WINDOW_MARK t until splice_windows_ replaces it. */
+static json_t *seek_json_(SeekRef *ref, int t) {
+    const C4SeekPoint *sp = &ref->sp;
+    json_t *bad = json_array();
+    for (int k = 0; k < C4_NUM_BAD_KINDS; k++) json_array_append_new(bad, json_integer(sp->stats.bad[k]));
+    json_t *o = json_pack("{s:s, s:I, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o}",
+                          "kind", seek_kinds_[sp->kind], "in", (json_int_t)sp->in_off,
+                          "bits", sp->bits, "crc", (json_int_t)sp->crc,
+                          "mlen", (json_int_t)sp->member_len, "member", (json_int_t)sp->member,
+                          "out", (json_int_t)sp->out_off, "skip", (json_int_t)sp->skip,
+                          "check", (json_int_t)sp->check, "line", (json_int_t)sp->line_no,
+                          "docs", (json_int_t)sp->stats.documents,
+                          "lines", (json_int_t)sp->stats.lines,
+                          "text_bytes", (json_int_t)sp->stats.text_bytes, "bad", bad);
+    if (sp->window_len) {
+        char mark[32];
+        snprintf(mark, sizeof mark, WINDOW_MARK "%d", t);
+        json_object_set_new(o, "wlen", json_integer((json_int_t)sp->window_len));
+        json_object_set_new(o, "wcrc", json_integer((json_int_t)ref->window_crc));
+        json_object_set_new(o, "window", json_string(mark));
+    }
+    return o;
+}
+
+/* Parse a "seek" object into a new SeekRef; NULL with a message in err. */
+static SeekRef *seek_from_json_(json_t *o, char *err, size_t errlen) {
+    json_int_t in, crc, mlen, member, out, skip, check, line, docs, lines, tb;
+    int bits;
+    const char *kind;
+    json_t *bad;
+    json_error_t je;
+    if (json_unpack_ex(o, &je, 0, "{s:s, s:I, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
+                       "s:I, s:o}", "kind", &kind, "in", &in, "bits", &bits, "crc", &crc,
+                       "mlen", &mlen, "member", &member, "out", &out, "skip", &skip,
+                       "check", &check, "line", &line, "docs", &docs, "lines", &lines,
+                       "text_bytes", &tb, "bad", &bad) != 0) {
+        snprintf(err, errlen, "bad \"seek\" in data cursor: %s", je.text);
+        return NULL;
+    }
+    SeekRef *r = seek_new_();
+    C4SeekPoint *sp = &r->sp;
+    memset(sp, 0, offsetof(C4SeekPoint, window));
+    for (int k = 1; k < 4; k++) if (!strcmp(kind, seek_kinds_[k])) sp->kind = k;
+    sp->in_off = in; sp->bits = bits; sp->crc = (uint32_t)crc;
+    sp->member_len = (unsigned long long)mlen; sp->member = (long)member;
+    sp->out_off = out; sp->skip = skip; sp->check = (uint32_t)check; sp->line_no = (long)line;
+    sp->stats.documents = (long)docs; sp->stats.lines = (long)lines; sp->stats.text_bytes = tb;
+    const char *why = NULL;
+    if (!sp->kind) why = "unknown kind";
+    else if (!json_is_array(bad) || json_array_size(bad) != C4_NUM_BAD_KINDS) why = "bad \"bad\"";
+    else {
+        for (int k = 0; k < C4_NUM_BAD_KINDS; k++) {
+            json_t *v = json_array_get(bad, (size_t)k);
+            if (!json_is_integer(v) || json_integer_value(v) < 0) why = "bad \"bad\"";
+            else sp->stats.bad[k] = (long)json_integer_value(v);
+        }
+    }
+    json_t *w = json_object_get(o, "window");
+    if (!why && w) {
+        json_t *wl = json_object_get(o, "wlen"), *wc = json_object_get(o, "wcrc");
+        const char *ws = json_string_value(w);
+        size_t zcap = 2 * C4_SEEK_WINDOW + 1024;
+        unsigned char *z = xmalloc(zcap);
+        long zn = ws ? b64_decode_(ws, z, zcap) : -1;
+        uLongf n = C4_SEEK_WINDOW;
+        if (zn < 0 || !json_is_integer(wl) || !json_is_integer(wc) ||
+            uncompress(sp->window, &n, z, (uLong)zn) != Z_OK ||
+            (json_int_t)n != json_integer_value(wl) ||
+            (json_int_t)crc32(0, sp->window, (uInt)n) != json_integer_value(wc))
+            why = "its window does not decode or fails its CRC32";
+        sp->window_len = n;
+        r->window_crc = (uint32_t)crc32(0, sp->window, (uInt)n);
+        free(z);
+    }
+    if (!why && (in < 0 || out < 0 || docs < 0 || skip < C4_SEEK_CHECK_MIN || bits < 0 || bits > 7))
+        why = "a field out of range";
+    if (why) {
+        snprintf(err, errlen, "bad \"seek\" in data cursor: %s", why);
+        seek_unref_(r);
+        return NULL;
+    }
+    return r;
+}
+
 static json_t *cursor_header_(const DataLoader *dl) {
     char seed[32], fh[32];
     snprintf(seed, sizeof seed, "%016llx", (unsigned long long)dl->seed);
     snprintf(fh, sizeof fh, "%016llx", (unsigned long long)dl->files_hash);
     return json_pack("{s:s, s:i, s:s, s:i, s:i, s:i, s:i, s:i, s:s, s:I}",
-                     "format", "t5data-cursor", "version", 1, "seed", seed, "n_streams", dl->K,
+                     "format", "t5data-cursor", "version", CURSOR_VERSION, "seed", seed, "n_streams", dl->K,
                      "global_batch", dl->B, "enc_len", dl->Le, "dec_len", dl->Ld,
                      "n_files", dl->n_files, "files_hash", fh, "batches",
                      (json_int_t)dl->returned);
@@ -840,13 +1063,42 @@ char *data_loader_cursor_save(DataLoader *dl, size_t *len) {
         json_object_set_new(o, "carry", ids_json_(c->carry, c->n_carry));
         json_object_set_new(o, "pending", ids_json_(c->pending, c->has_pending ? c->n_pending : 0));
         json_object_set_new(o, "has_pending", json_integer(c->has_pending));
+        if (c->seek) json_object_set_new(o, "seek", seek_json_(c->seek, t));
         json_array_append_new(arr, o);
     }
     json_object_set_new(root, "streams", arr);
     char *s = json_dumps(root, JSON_COMPACT);
     json_decref(root);
     if (!s) FATAL("out of memory?", "cannot serialise the data cursor");
-    if (len) *len = strlen(s);
+    /* splice the windows in (no other string of a cursor can hold the mark: hex, names) */
+    size_t n = strlen(s), extra = 0;
+    for (int t = 0; t < dl->n_touch; t++)
+        if (dl->saved[t].seek && dl->saved[t].seek->sp.window_len)
+            extra += strlen(seek_window_b64_(dl->saved[t].seek));
+    if (extra) {
+        char *out = xmalloc(n + extra + 1), *o = out;
+        const char *p = s, *m;
+        while ((m = strstr(p, WINDOW_MARK))) {
+            memcpy(o, p, (size_t)(m - p));
+            o += m - p;
+            char *end;
+            long t = strtol(m + strlen(WINDOW_MARK), &end, 10);
+            if (t < 0 || t >= dl->n_touch || !dl->saved[t].seek)
+                FATAL(NULL, "data cursor: bad window mark");
+            const char *b = seek_window_b64_(dl->saved[t].seek);
+            size_t bl = strlen(b);
+            memcpy(o, b, bl);
+            o += bl;
+            p = end;
+        }
+        size_t rest = strlen(p);
+        memcpy(o, p, rest + 1);
+        o += rest;
+        free(s);
+        s = out;
+        n = (size_t)(o - out);
+    }
+    if (len) *len = n;
     return s;
 }
 
@@ -906,6 +1158,16 @@ static int cursor_from_json_(json_t *o, Cursor *c, int P, char *err, size_t errl
     if (ids_from_json_(pending, c->pending, P, &n) != 0) goto bad;
     c->n_pending = (int)n;
     if (epoch < 0 || slot < 0 || doc < 0 || (has_pending && n == 0)) goto bad;
+    json_t *seek = json_object_get(o, "seek");
+    if (seek) {
+        c->seek = seek_from_json_(seek, err, errlen);
+        if (!c->seek) return -1;
+        if (c->seek->sp.stats.documents > c->doc) {
+            snprintf(err, errlen, "bad \"seek\" in data cursor: its %ld documents are more "
+                     "than the %ld read", c->seek->sp.stats.documents, c->doc);
+            return -1;
+        }
+    }
     return 0;
 bad:
     snprintf(err, errlen, "bad token list or counter in data cursor stream entry");
@@ -923,6 +1185,10 @@ int data_loader_cursor_restore(DataLoader *dl, const char *buf, size_t len, char
     long saved_returned = dl->returned;
     json_t *mine = cursor_header_(dl);
     json_object_set(mine, "batches", json_object_get(root, "batches"));
+    json_t *ver = json_object_get(root, "version");
+    if (json_is_integer(ver) && json_integer_value(ver) >= 1 &&
+        json_integer_value(ver) <= CURSOR_VERSION)
+        json_object_set(mine, "version", ver);     /* version 1: no seek points */
     int rc = check_header_(root, mine, err, errlen);
     json_decref(mine);
     json_t *arr = json_object_get(root, "streams");
@@ -1071,6 +1337,7 @@ void data_loader_close(DataLoader *dl) {
         if (s->reader) c4_reader_close(s->reader);
         cursor_free_(&s->c);
         cursor_free_(&dl->saved[t]);
+        seek_unref_(s->spare);
         free(s->files); free(s->order); free(s->ex_in); free(s->ex_tg); free(s->mask);
         free(s->mask_scratch);
     }

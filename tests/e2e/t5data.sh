@@ -151,3 +151,17 @@ if [ $rc = 1 ] && grep -q "data/sample/build.sh: not C4 JSON Lines" "$TMP/all.lo
    grep -q "^files_without_records=" "$TMP/all.log"; then
     pass non_c4_files_named
 else fail non_c4_files_named "exit $rc: $(head -c 1500 "$TMP/all.log")"; fi
+
+# a cursor restore deep in a gzip shard starts at the reader's last seek point and reaches the
+# same document as reading from the start, much faster (tests/bench_cursor.sh at a small size;
+# run it without MB for the ~110 MB measurement)
+if [ -f "$ROOT/build/libt5.a" ]; then
+    out=$(MB=12 REPS=1 bash "$ROOT/tests/bench_cursor.sh" 2>&1)
+    rc=$?
+    slow=$(sed -n 's/.*from the start \([0-9.]*\) s, from the seek point.*/\1/p' <<<"$out")
+    fast=$(sed -n 's/.*from the seek point \([0-9.]*\) s (same document).*/\1/p' <<<"$out")
+    if [ $rc = 0 ] && [ -n "$fast" ] && [ -n "$slow" ] && awk -v f="$fast" -v s="$slow" 'BEGIN{exit !(f < s / 5)}'; then
+        pass cursor_seek_restore
+        grep "restore to" <<<"$out" | sed 's/^ */  /'
+    else fail cursor_seek_restore "exit $rc: $out"; fi
+else fail cursor_seek_restore "build/libt5.a missing (make unit-tests)"; fi

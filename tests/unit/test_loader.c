@@ -19,6 +19,9 @@
 #include "../../pretrain/t5_batch.h"
 #include "test.h"
 
+#include <jansson.h>
+#include <zlib.h>
+
 #define SPM "data/sample/spiece.model"
 #define SAMPLE "data/sample/c4-train.*.json.gz"
 
@@ -671,6 +674,240 @@ static void test_config_errors(void) {
     data_free_files(f, n);
 }
 
+
+/* ---- seek points in cursors ------------------------------------------------------------- */
+
+/* Copy the sample train shards into a new directory (same basenames). mode 0: as they are;
+ * 1: bytes 100..199 of each file zeroed (damaged at the start: only a restart at a seek point
+ * can resume them); 2: the same text recompressed with gzip level 1 (other compressed bytes). */
+static int sample_copy(int mode, char *dir, size_t dirlen, char ***files, int *nf) {
+    char **src; int ns; char err[512];
+    if (data_expand_globs("data/sample/c4-train.*.json.gz", &src, &ns, err, sizeof err) != 0) return -1;
+    snprintf(dir, dirlen, "/tmp/t5loader_seek.XXXXXX");
+    if (!mkdtemp(dir)) { data_free_files(src, ns); return -1; }
+    *files = xcalloc((size_t)ns, sizeof(char *));
+    *nf = ns;
+    for (int i = 0; i < ns; i++) {
+        const char *b = strrchr(src[i], '/') + 1;
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", dir, b);
+        (*files)[i] = xstrdup(path);
+        if (mode == 2) {
+            gzFile in = gzopen(src[i], "rb"), out = gzopen(path, "wb1");
+            char buf[65536];
+            int n;
+            while (in && out && (n = gzread(in, buf, sizeof buf)) > 0) gzwrite(out, buf, (unsigned)n);
+            if (in) gzclose(in);
+            if (out) gzclose(out);
+            continue;
+        }
+        FILE *f = fopen(src[i], "rb");
+        size_t cap = 1 << 21, n = 0;
+        char *buf = xmalloc(cap);
+        if (f) { n = fread(buf, 1, cap, f); fclose(f); }
+        if (mode == 1) memset(buf + 100, 0, 100);
+        f = fopen(path, "wb");
+        if (f) { fwrite(buf, 1, n, f); fclose(f); }
+        free(buf);
+    }
+    data_free_files(src, ns);
+    return 0;
+}
+
+static void sample_copy_remove(const char *dir, char **files, int nf) {
+    for (int i = 0; i < nf; i++) unlink(files[i]);
+    data_free_files(files, nf);
+    rmdir(dir);
+}
+
+/* The cursor as version 1 wrote it: no "seek" entries, "version":1. */
+static char *cursor_v1(const char *cur) {
+    json_error_t je;
+    json_t *root = json_loads(cur, 0, &je);
+    if (!root) return NULL;
+    json_object_set_new(root, "version", json_integer(1));
+    size_t i; json_t *o;
+    json_array_foreach(json_object_get(root, "streams"), i, o) json_object_del(o, "seek");
+    char *s = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    return s;
+}
+
+static int stats_same(const DataLoaderStats *a, const DataLoaderStats *b) {
+    int same = a->docs_read == b->docs_read && a->docs_used == b->docs_used &&
+               a->docs_empty == b->docs_empty && a->docs_skipped == b->docs_skipped &&
+               a->tokens == b->tokens && a->tokens_total == b->tokens_total &&
+               a->text_bytes == b->text_bytes && a->input_bytes == b->input_bytes &&
+               a->pieces == b->pieces && a->pieces_full == b->pieces_full &&
+               a->examples == b->examples && a->rows == b->rows &&
+               a->files_damaged == b->files_damaged;
+    for (int k = 0; k < C4_NUM_BAD_KINDS; k++) same &= a->bad[k] == b->bad[k];
+    return same;
+}
+
+/* Restore cursor `cur` on files and compare the next `ahead` batches with rec; stats to *st.
+ * Returns 0 if equal, 1 if they differ, 2 if the restore or a batch failed. */
+static int resume_compare(char **files, int nf, const char *cur, const int32_t *rec, int ahead,
+                          int prefetch, DataLoaderStats *st) {
+    const int B = 4, Le = 512, Ld = 128;
+    DataLoader *d = open_or_fail(files, nf, B, B, 0, 1, Le, Ld, prefetch, 0, 5);
+    if (!d) return 2;
+    char err[512];
+    int rc = 0;
+    if (data_loader_cursor_restore(d, cur, strlen(cur), err, sizeof err) != 0) {
+        fprintf(stderr, "  restore: %s\n", err);
+        rc = 2;
+    }
+    T5Batch b;
+    t5_batch_alloc(&b, B, Le, Ld);
+    size_t per = batch_ints(&b);
+    int32_t *tmp = xcalloc(per, sizeof(int32_t));
+    for (int j = 0; rc == 0 && j < ahead; j++) {
+        if (data_loader_next(d, &b, NULL) != 0) { rc = 2; break; }
+        batch_record(&b, tmp);
+        if (memcmp(tmp, rec + per * (size_t)j, per * 4) != 0) rc = 1;
+    }
+    data_loader_get_stats(d, st);
+    free(tmp);
+    t5_batch_free(&b);
+    data_loader_close(d);
+    return rc;
+}
+
+/* Cursors with seek points (every 48 KiB here, so the 1.2 MB sample shards hold many): resuming
+ * from them gives the batches and statistics of the uninterrupted run and of a version-1 cursor
+ * (read from the file start); they resume files damaged before the point (so the point was
+ * used), and a point that does not fit the file (recompressed) falls back to reading from the
+ * start with the same batches. */
+static void test_cursor_seek_points(void) {
+    long long old = c4_seek_interval_set(48 << 10);
+    char dir[256];
+    char **files; int nf;
+    if (sample_copy(0, dir, sizeof dir, &files, &nf) != 0) { CHECKF(0, "sample copy"); return; }
+    const int B = 4, Le = 512, Ld = 128, N = test_quick() ? 150 : 330, EVERY = test_quick() ? 50 : 30;
+    const int AHEAD = 2;
+    DataLoader *dl = open_or_fail(files, nf, B, B, 0, 1, Le, Ld, 2, 0, 5);
+    if (!dl) { sample_copy_remove(dir, files, nf); return; }
+    T5Batch b;
+    t5_batch_alloc(&b, B, Le, Ld);
+    size_t per = batch_ints(&b);
+    int32_t *rec = xcalloc(per * (size_t)(N + AHEAD), sizeof(int32_t));
+    char **cur = xcalloc((size_t)N, sizeof(char *));
+    for (int i = 0; i < N + AHEAD; i++) {
+        if (i < N && i % EVERY == EVERY - 1) cur[i] = data_loader_cursor_save(dl, NULL);
+        CHECK(data_loader_next(dl, &b, NULL) == 0);
+        batch_record(&b, rec + per * (size_t)i);
+    }
+    data_loader_close(dl);
+    int restores = 0, with_seek = 0, bad = 0;
+    size_t seek_bytes = 0, seek_n = 0;
+    const char *last = NULL;
+    int last_i = 0;
+    for (int i = 0; i < N; i++) {
+        if (!cur[i]) continue;
+        /* the size of the "seek" entries */
+        json_t *root = json_loads(cur[i], 0, NULL);
+        size_t k; json_t *o;
+        int has = 0;
+        json_array_foreach(json_object_get(root, "streams"), k, o) {
+            json_t *sk = json_object_get(o, "seek");
+            if (!sk) continue;
+            has = 1;
+            char *t = json_dumps(sk, JSON_COMPACT);
+            seek_bytes += strlen(t);
+            seek_n++;
+            free(t);
+        }
+        json_decref(root);
+        with_seek += has;
+        if (has) { last = cur[i]; last_i = i; }
+        char *v1 = cursor_v1(cur[i]);
+        DataLoaderStats s2, s1;
+        int r2 = resume_compare(files, nf, cur[i], rec + per * (size_t)i, AHEAD, i % 2, &s2);
+        int r1 = resume_compare(files, nf, v1, rec + per * (size_t)i, AHEAD, 0, &s1);
+        CHECKF(r2 == 0 && r1 == 0, "cursor at batch %d: with seek points %d, version 1 %d", i,
+               r2, r1);
+        CHECKF(stats_same(&s1, &s2), "cursor at batch %d: statistics differ (input_bytes %lld "
+               "vs %lld, skipped %ld vs %ld)", i, s2.input_bytes, s1.input_bytes, s2.docs_skipped,
+               s1.docs_skipped);
+        bad += r1 != 0 || r2 != 0;
+        restores++;
+        free(v1);
+    }
+    CHECKF(with_seek >= restores - 1 && restores >= 3, "%d of %d cursors have seek points",
+           with_seek, restores);
+    if (seek_n)
+        printf("  %d restores; a stream's seek point is %zu bytes of cursor JSON on average\n",
+               restores, seek_bytes / seek_n);
+    if (last) {
+        char dir2[256];
+        char **f2; int n2;
+        DataLoaderStats st;
+        /* damaged before the points: resumes only through them */
+        if (sample_copy(1, dir2, sizeof dir2, &f2, &n2) == 0) {
+            CHECK_EQ_INT(resume_compare(f2, n2, last, rec + per * (size_t)last_i, AHEAD, 0, &st), 0);
+            char *v1 = cursor_v1(last);
+            CHECKF(resume_compare(f2, n2, v1, rec + per * (size_t)last_i, AHEAD, 0, &st) != 0,
+                   "a version-1 cursor resumed the damaged files: the check above proves nothing");
+            free(v1);
+            sample_copy_remove(dir2, f2, n2);
+        }
+        /* recompressed: the points do not fit; same batches from the file start */
+        if (sample_copy(2, dir2, sizeof dir2, &f2, &n2) == 0) {
+            fprintf(stderr, "  (4 warnings expected: the points do not fit recompressed files)\n");
+            CHECK_EQ_INT(resume_compare(f2, n2, last, rec + per * (size_t)last_i, AHEAD, 0, &st), 0);
+            sample_copy_remove(dir2, f2, n2);
+        }
+    }
+    /* 128 streams (32 per file): every stream has a point; size and cost of a save (the
+     * trainer saves one every step) */
+    DataLoader *big = open_or_fail(files, nf, 128, 128, 0, 1, Le, Ld, 0, 0, 5);
+    if (big) {
+        T5Batch bb;
+        t5_batch_alloc(&bb, 128, Le, Ld);
+        for (int i = 0; i < 3; i++) CHECK(data_loader_next(big, &bb, NULL) == 0);
+        size_t len = 0;
+        free(data_loader_cursor_save(big, &len));            /* the first save encodes windows */
+        double t0 = now_seconds();
+        char *c = NULL;
+        for (int i = 0; i < 5; i++) { free(c); c = data_loader_cursor_save(big, &len); }
+        double per_save = (now_seconds() - t0) / 5;
+        int n_seek = 0;
+        for (const char *p = c; (p = strstr(p, "\"seek\":")); p++) n_seek++;
+        CHECKF(n_seek >= 100, "%d of 128 streams have a seek point", n_seek);
+        char *v1 = cursor_v1(c);
+        printf("  128 streams, %d with a seek point: cursor %zu bytes (%zu as version 1), save "
+               "%.1f ms\n", n_seek, len, v1 ? strlen(v1) : 0, per_save * 1e3);
+        /* and it restores to the same next batch as a version-1 cursor */
+        DataLoaderStats s1, s2;
+        int32_t *r1 = NULL, *r2 = NULL;
+        for (int v = 0; v < 2; v++) {
+            DataLoader *d = open_or_fail(files, nf, 128, 128, 0, 1, Le, Ld, 0, 0, 5);
+            if (!d) break;
+            char err[512];
+            const char *cc = v ? v1 : c;
+            CHECK(cc && data_loader_cursor_restore(d, cc, strlen(cc), err, sizeof err) == 0);
+            CHECK(data_loader_next(d, &bb, NULL) == 0);
+            int32_t *r = xcalloc(batch_ints(&bb), sizeof(int32_t));
+            batch_record(&bb, r);
+            data_loader_get_stats(d, v ? &s1 : &s2);
+            if (v) r1 = r; else r2 = r;
+            data_loader_close(d);
+        }
+        CHECK(r1 && r2 && memcmp(r1, r2, batch_ints(&bb) * 4) == 0);
+        CHECK(r1 && r2 && stats_same(&s1, &s2));
+        free(r1); free(r2); free(v1); free(c);
+        t5_batch_free(&bb);
+        data_loader_close(big);
+    }
+    for (int i = 0; i < N; i++) free(cur[i]);
+    free(cur);
+    free(rec);
+    t5_batch_free(&b);
+    sample_copy_remove(dir, files, nf);
+    c4_seek_interval_set(old);
+}
+
 int main(void) {
     if (access(SPM, R_OK) != 0) {
         printf("FAIL setup: %s not found (run from the repository root)\n", SPM);
@@ -682,6 +919,7 @@ int main(void) {
     RUN(test_long_document_chunk);
     RUN(test_cursor_resume);
     RUN(test_cursor_merge_reshard);
+    RUN(test_cursor_seek_points);
     RUN(test_file_vanishes);
     RUN(test_no_usable_documents);
     RUN(test_rank_reads_own_files);
