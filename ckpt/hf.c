@@ -299,6 +299,11 @@ int hf_write_tokenizer(const char *dir, const char *spm_path, char *err, size_t 
 int hf_save_folder(const char *dir_in, const T5Model *m, const HfSaveOpts *opts, char *err, size_t errlen) {
     HfSaveOpts none = {0};
     if (!opts) opts = &none;
+    if (m->tp_size > 1) {   /* a rank's pieces are not the model: assemble it from a checkpoint */
+        set_error(err, errlen, "%s: a tensor-parallel rank holds pieces of the tensors; export the checkpoint "
+                  "instead (t5ckpt export)", dir_in);
+        return -1;
+    }
     char *dir = xstrdup(dir_in);
     for (size_t n = strlen(dir); n > 1 && dir[n - 1] == '/'; n--) dir[n - 1] = 0;
     char *slash = strrchr(dir, '/');
