@@ -229,6 +229,132 @@ static void test_bf16_products(void) {
     set_(GEMM_FP32, GEMM_BACKEND_OPENBLAS);
 }
 
+/* Rounding is to nearest, ties to even, on every conversion path, and unbiased. (The size
+ * checks above catch a truncating conversion only narrowly: it gives relative L2 error 5.5e-3
+ * against the bound 4e-3; what matters for training is its bias, checked here directly.)
+ *   1. gemm_round_bf16 on bit patterns: ties to the even neighbour (down and up), just above and
+ *      just below a half ulp, negative values, the carry into the exponent, overflow to inf,
+ *      inf, zeros, denormals, NaN stays NaN.
+ *   2. The conversions the products really use (AVX512_BF16 vcvtneps2bf16 where available, the
+ *      integer formula otherwise), for an activation A (with alpha = 2 applied before rounding),
+ *      an activation B and a cached weight B: a product with K = 1 and the other operand 1 gives
+ *      bf16(x) exactly, compared with the expected value. Rows of 37 elements exercise the
+ *      16-wide vector body and the masked tail. (Denormal inputs are left out here:
+ *      vcvtneps2bf16 treats them as zero, harmless for training values.)
+ *   3. Bias: the mean of (bf16(x) - x) / x over 4096 random x in [-1, 1] is ~0 for round to
+ *      nearest (RMS of one error 1.6e-3, so the mean of 4096 has sigma 2.5e-5; bound 2e-4;
+ *      measured -6e-8; truncation gives -2.7e-3), and a K = 256 product of positive operands
+ *      (64 x 48 outputs) has mean signed relative error within 3e-4 of the double reference of
+ *      the unrounded inputs (measured -4e-6; truncating both inputs: -5.9e-3).
+ * A conversion that truncates (tried by patching the vector path) fails all three parts. */
+static float bits_f_(uint32_t u) { float f; memcpy(&f, &u, sizeof f); return f; }
+static uint32_t f_bits_(float f) { uint32_t u; memcpy(&u, &f, sizeof u); return u; }
+
+static void test_bf16_rounding(void) {
+    static const struct { uint32_t in, out; } cases[] = {
+        {0x3F800000u, 0x3F800000u},   /* 1.0 exact */
+        {0x3F808000u, 0x3F800000u},   /* 1 + 2^-8: tie, even neighbour below */
+        {0x3F818000u, 0x3F820000u},   /* tie, even neighbour above */
+        {0x3F808001u, 0x3F810000u},   /* just above half an ulp: up */
+        {0x3F807FFFu, 0x3F800000u},   /* just below: down */
+        {0x3F80FFFFu, 0x3F810000u},
+        {0x3F817FFFu, 0x3F810000u},
+        {0xBF808000u, 0xBF800000u},   /* negative tie to even (magnitude down) */
+        {0xBF818000u, 0xBF820000u},   /* negative tie to even (magnitude up) */
+        {0xBF808001u, 0xBF810000u},
+        {0x3FFF8000u, 0x40000000u},   /* tie carrying into the exponent */
+        {0x3FFFFFFFu, 0x40000000u},
+        {0x7F7FFFFFu, 0x7F800000u},   /* largest float rounds to inf */
+        {0x7F7F7FFFu, 0x7F7F0000u},   /* largest bf16 stays */
+        {0x7F800000u, 0x7F800000u},   /* inf */
+        {0xFF800000u, 0xFF800000u},   /* -inf */
+        {0x00000000u, 0x00000000u},
+        {0x80000000u, 0x80000000u},
+        {0x3C23D70Au, 0x3C240000u},   /* 0.01 */
+        {0xC2F6E979u, 0xC2F70000u},   /* -123.456 */
+    };
+    int nc = (int)(sizeof cases / sizeof cases[0]);
+    for (int i = 0; i < nc; i++) {
+        uint32_t got = f_bits_(gemm_round_bf16(bits_f_(cases[i].in)));
+        CHECKF(got == cases[i].out, "gemm_round_bf16(0x%08X) = 0x%08X, want 0x%08X",
+               cases[i].in, got, cases[i].out);
+    }
+    /* denormals (the integer formula rounds them too) and NaN */
+    CHECK(f_bits_(gemm_round_bf16(bits_f_(0x00008000u))) == 0x00000000u);   /* tie, even 0 */
+    CHECK(f_bits_(gemm_round_bf16(bits_f_(0x00018000u))) == 0x00020000u);   /* tie, up */
+    CHECK(isnan(gemm_round_bf16(NAN)) && isnan(gemm_round_bf16(bits_f_(0x7F800001u))));
+
+    set_(GEMM_BF16, GEMM_BACKEND_ONEDNN);
+    enum { L = 37 };
+    float x[L], half[L], one[L], C[L];
+    for (int j = 0; j < L; j++) {
+        x[j] = bits_f_(cases[j % nc].in);
+        if (!isfinite(x[j]) || f_bits_(cases[j % nc].in) == 0x7F7FFFFFu) x[j] = 1.5f;
+        half[j] = 0.5f * x[j];   /* exact: no denormals or overflow here */
+        one[j] = 1.0f;
+    }
+    for (int path = 0; path < 3; path++) {
+        const char *name = path == 0 ? "activation A (alpha 2)" : path == 1 ? "activation B"
+                                                                             : "weight B";
+        for (int j = 0; j < L; j++) C[j] = NAN;
+        if (path == 0)   /* C[L,1] = 2 op(A) 1 with op(A) = A^T, A stored [K=1, M=L] */
+            t5_gemm(1, 0, L, 1, 1, 2.0f, half, L, one, 1, 0.0f, C, 1);
+        else if (path == 1)
+            t5_gemm(0, 0, 1, L, 1, 1.0f, one, 1, x, L, 0.0f, C, L);      /* B stored [1, L] */
+        else {
+            gemm_weights_updated();
+            t5_gemm_w(0, 0, 1, L, 1, 1.0f, one, 1, x, L, 0.0f, C, L);
+        }
+        int bad = 0;
+        for (int j = 0; j < L; j++) {
+            uint32_t want = f_bits_(gemm_round_bf16(x[j]));
+            if (C[j] != bits_f_(want)) {   /* value compare: fp32 accumulation turns -0 into +0 */
+                if (bad++ < 4)
+                    fprintf(stderr, "  %s: bf16(0x%08X) -> 0x%08X, want 0x%08X\n", name,
+                            f_bits_(x[j]), f_bits_(C[j]), want);
+            }
+        }
+        CHECKF(bad == 0, "%s: %d of %d conversions are not round-to-nearest-even", name, bad, L);
+    }
+
+    /* bias of one rounding, through the weight path (K = 1) */
+    enum { NB = 4096 };
+    float *v = xmalloc(sizeof(float) * NB), *cv = xmalloc(sizeof(float) * NB);
+    Rng r = rng_make(2024, 9);
+    fill_(v, NB, &r);
+    float o = 1.0f;
+    gemm_weights_updated();
+    t5_gemm_w(0, 0, 1, NB, 1, 1.0f, &o, 1, v, NB, 0.0f, cv, NB);
+    double mean = 0;
+    for (int j = 0; j < NB; j++) mean += ((double)cv[j] - v[j]) / v[j];
+    mean /= NB;
+    printf("  info: mean signed relative error of one bf16 rounding %.3g (truncation: -2.7e-3)\n",
+           mean);
+    CHECKF(fabs(mean) <= 2e-4, "one bf16 rounding is biased: mean relative error %.3g", mean);
+    free(v); free(cv);
+
+    /* bias through a whole product of positive operands */
+    int M = 64, N = 48, K = 256;
+    float *A = xmalloc(sizeof(float) * M * K), *W = xmalloc(sizeof(float) * N * K);
+    float *P = xmalloc(sizeof(float) * M * N);
+    for (int i = 0; i < M * K; i++) A[i] = (float)(0.25 + rng_next_double(&r));
+    for (int i = 0; i < N * K; i++) W[i] = (float)(0.25 + rng_next_double(&r));
+    gemm_weights_updated();
+    t5_gemm_w(0, 1, M, N, K, 1.0f, A, K, W, K, 0.0f, P, N);
+    double pm = 0;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double ref = 0;
+            for (int k = 0; k < K; k++) ref += (double)A[i * K + k] * W[j * K + k];
+            pm += (P[i * N + j] - ref) / ref;
+        }
+    pm /= (double)M * N;
+    printf("  info: mean signed relative error of a K=%d bf16 product %.3g\n", K, pm);
+    CHECKF(fabs(pm) <= 3e-4, "bf16 product is biased: mean relative error %.3g", pm);
+    free(A); free(W); free(P);
+    set_(GEMM_FP32, GEMM_BACKEND_OPENBLAS);
+}
+
 /* M, N or K = 0. */
 static void test_empty_dims(void) {
     for (int be = 0; be < 3; be++) {
@@ -477,6 +603,7 @@ int main(int argc, char **argv) {
     RUN(test_fp32_onednn);
     RUN(test_fp32_backends_agree);
     RUN_BF16(test_bf16_products);
+    RUN_BF16(test_bf16_rounding);
     RUN_BF16(test_empty_dims);
     RUN_BF16(test_parallel_region);
     RUN_BF16(test_weight_cache);
