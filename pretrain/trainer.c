@@ -1516,10 +1516,17 @@ int trainer_run(Trainer *t) {
         printf("t5pretrain: data read by rank 0:\n");
         data_loader_print_stats(t->loader, stdout);
     }
+    /* the training's high-water mark, before final/ (which, with pipeline or tensor parallelism,
+     * makes rank 0 assemble the whole model from the checkpoint) */
+    double train_rss = (double)peak_rss_bytes();
     if (save_final_(t) != 0) return T5_EXIT_FAILURE;
-    if (t->is_root)
-        printf("t5pretrain: checkpoint %s/ckpt/step_%08ld; metrics in %s/metrics.jsonl; peak RSS %.1f MiB (estimate %.1f MiB)\n",
-               o->run_dir, t->step, o->run_dir, peak_rss_bytes() / 1048576.0, t->estimate_bytes / 1048576.0);
+    if (t->is_root) {
+        printf("t5pretrain: checkpoint %s/ckpt/step_%08ld; metrics in %s/metrics.jsonl; peak RSS %.1f MiB (estimate %.1f MiB)",
+               o->run_dir, t->step, o->run_dir, train_rss / 1048576.0, t->estimate_bytes / 1048576.0);
+        if ((double)peak_rss_bytes() > 1.05 * train_rss)
+            printf("; %.1f MiB while writing final/", peak_rss_bytes() / 1048576.0);
+        printf("\n");
+    }
     return code;
 }
 
