@@ -5,8 +5,8 @@
 # head): --tp 2, --tp 2 x dp 2, --tp 2 x --pp 2 (4 ranks oversubscribed), --tp 2 --zero 1 and
 # --tp-reduce pblas must give the 1-process losses, gradient norms, parameter RMS and validation
 # losses within 1e-5 relative (only summation order differs), on tiny-nl2 (4 heads, d_ff 1024)
-# and on xl-nl2-dm256, an xl-shaped wide model (32 heads of 128, d_ff 16384) cut to 2+2 layers
-# and d_model 256 so that 20 steps take seconds. A tp 2 checkpoint resumes at tp 1 and a tp 1
+# and, all but ZeRO-1 and PBLAS, on xl-nl2-dm256: an xl-shaped wide model (32 heads of 128, d_ff
+# 16384) cut to 2+2 layers and d_model 256 so that 20 steps take seconds. A tp 2 checkpoint resumes at tp 1 and a tp 1
 # checkpoint at tp 2; final/ is assembled from the checkpoint and equals the 1-process weights;
 # bad splits stop before work; the dry run divides the parameters by T.
 #
@@ -92,13 +92,17 @@ compare tp2_checkpoint_resumes_at_tp1 "$T/one10" "$T/re_a"
 mpi 2 "$BIN/t5pretrain" --resume --run-dir "$T/re_b" --tp 2 --steps 20 >"$T/re_b2.log" 2>&1
 compare tp1_checkpoint_resumes_at_tp2 "$T/one10" "$T/re_b"
 
-# --- the wide model: tp 2 in both versions, and its final weights -------------------------------
+# --- the wide model: tp 2, tp 2 x dp 2, tp 2 x pp 2 in both versions, and its final weights --------
 for v in 1.0 1.1; do
     s=${v/./}
     "$BIN/t5pretrain" "${WIDE[@]}" --t5-version $v --run-dir "$T/wide$s" >"$T/wide$s.log" 2>&1 ||
         fail "tp_wide_reference_v$s" "$(tail -3 "$T/wide$s.log")"
     mpi 2 "$BIN/t5pretrain" "${WIDE[@]}" --t5-version $v --tp 2 --run-dir "$T/wide_tp2_$s" >"$T/wide_tp2_$s.log" 2>&1
     compare "tp2_wide_equals_one_process_v$s" "$T/wide$s" "$T/wide_tp2_$s"
+    mpi 4 "$BIN/t5pretrain" "${WIDE[@]}" --t5-version $v --tp 2 --run-dir "$T/wide_tp2dp2_$s" >"$T/wide_tp2dp2_$s.log" 2>&1
+    compare "tp2_dp2_wide_equals_one_process_v$s" "$T/wide$s" "$T/wide_tp2dp2_$s"
+    mpi 4 "$BIN/t5pretrain" "${WIDE[@]}" --t5-version $v --tp 2 --pp 2 --run-dir "$T/wide_tp2pp2_$s" >"$T/wide_tp2pp2_$s.log" 2>&1
+    compare "tp2_pp2_wide_equals_one_process_v$s" "$T/wide$s" "$T/wide_tp2pp2_$s"
 done
 if /usr/bin/python3 - "$T/wide11/final/model.safetensors" "$T/wide_tp2_11/final/model.safetensors" <<'EOF'
 import array, json, struct, sys
