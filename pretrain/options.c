@@ -53,7 +53,7 @@ static const ArgSpec SPECS[] = {
     N(ARG_INT, zero, 0, 1, NULL, "1: ZeRO-1, optimizer state sharded over data-parallel ranks", NULL),
     S(recompute, "auto|on|off", NULL, "activation recomputation: keep only block inputs, recompute in backward", "auto: on when the activations would not fit"),
     N(ARG_INT, tp, 1, 4096, "T", "tensor-parallel size: heads, d_ff and vocabulary split over T adjacent ranks (ranks = pp x dp x tp)", NULL),
-    S(tp_reduce, "mpi|pblas", NULL, "tensor-parallel sums: mpi (local product + MPI_Allreduce) or pblas (psgemm on a BLACS grid; fp32 only)", NULL),
+    S(tp_reduce, "mpi|pblas", NULL, "tensor-parallel sums: mpi (local products + MPI_Allreduce) or pblas (the attention output products o as one psgemm each on a BLACS grid, the other sums by MPI; fp32 only; slower, for comparison)", NULL),
     N(ARG_INT, plan_world, 0, 1 << 24, NULL, "--dry-run: plan for this many ranks instead of the real ones", "0: the real ones"),
     N(ARG_INT, plan_ranks_per_node, 0, 1 << 16, NULL, "--dry-run: ranks per node of the plan", "0: the real ones"),
     F(list_variants, "print the known variants as TSV (name el dl dm ff kv nh params) and exit"),

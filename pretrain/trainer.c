@@ -502,15 +502,11 @@ int trainer_step(Trainer *t) {
     r.dp_wait_s = ds.wait_s;
     r.dp_reduce_s = ds.reduce_s;
     r.dp_bytes = ds.bytes;
-    r.tp_bytes = t->tp.stats.bytes;
-    r.tp_reduce_s = t->tp.stats.seconds;
     if (t->grid.size > 1) {
-        double vol[4] = {r.pp_bytes, r.dp_bytes, r.tp_bytes, r.tp_reduce_s};
-        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, vol, 4, MPI_DOUBLE, MPI_SUM, t->grid.world));
+        double vol[2] = {r.pp_bytes, r.dp_bytes};
+        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, vol, 2, MPI_DOUBLE, MPI_SUM, t->grid.world));
         r.pp_bytes = vol[0] / t->grid.size;
         r.dp_bytes = vol[1] / t->grid.size;
-        r.tp_bytes = vol[2] / t->grid.size;
-        r.tp_reduce_s = vol[3] / t->grid.size;
     }
     /* the loss sums are the same on every tensor-parallel rank: counted once */
     if (t->grid.tp_rank != 0) memset(&sum, 0, sizeof sum);
@@ -521,6 +517,12 @@ int trainer_step(Trainer *t) {
     if (!finite) return -2;
     r.grad_norm = sqrt(ss);
     r.lr = optim_step(&t->opt, t->model.params, t->model.grads, t->step);
+    if (t->grid.tp_size > 1) {   /* the sums of forward, backward and the split Adafactor updates */
+        double v[2] = {t->tp.stats.bytes, t->tp.stats.seconds};
+        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_DOUBLE, MPI_SUM, t->grid.world));
+        r.tp_bytes = v[0] / t->grid.size;
+        r.tp_reduce_s = v[1] / t->grid.size;
+    }
     dp_allgather_params(t->dp, t->model.params);
     gemm_weights_updated();
     r.param_rms = sqrt(global_sum_squares_(t, t->model.params, NULL) / (double)t5_config_num_params(&t->cfg));
@@ -550,11 +552,14 @@ static int evaluate_(Trainer *t, int batches, double *loss, double *tokens_out) 
     int failed = val == NULL;
     double sums[2] = {0, 0};
     int got = 0;
-    for (int b = 0; !failed && b < batches; b++) {
+    for (int b = 0; b < batches; b++) {
         double wait;
-        int rc = data_loader_next(val, &t->local, &wait);
-        if (rc < 0) { failed = 1; snprintf(err, sizeof err, "%s", data_loader_error(val)); break; }
-        if (rc == 1) break;
+        int rc = failed ? -1 : data_loader_next(val, &t->local, &wait);
+        if (rc < 0 && !failed) { failed = 1; snprintf(err, sizeof err, "%s", data_loader_error(val)); }
+        /* every rank stops at the same batch: the forward below is collective (pipeline, tp) */
+        int stop[2] = {rc < 0, rc == 1};
+        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, stop, 2, MPI_INT, MPI_MAX, t->grid.world));
+        if (stop[0] || stop[1]) break;
         got++;
         if (t->pipe) {
             T5LossStats st;
@@ -1052,7 +1057,8 @@ static void print_plan_(const Trainer *t, int world, int ranks_per_node, const c
                 (t->local_rows / t->micro) / 1e6;
         printf("t5pretrain: tensor parallel %d ranks (heads %d, d_ff %d, vocabulary %d split; sums by %s): "
                "%.2fM parameters per rank of %.2fM; ~%.1f MB summed per rank per step\n",
-               t->o.tp, c->n_heads, c->d_ff, c->vocab_size, t->o.tp_reduce,
+               t->o.tp, c->n_heads, c->d_ff, c->vocab_size,
+               strcmp(t->o.tp_reduce, "pblas") ? "mpi" : "pblas for the attention outputs, mpi for the rest",
                t5_stage_num_params_tp(c, &t->ranges[0], t->o.tp) / 1e6, t5_stage_num_params(c, &t->ranges[0]) / 1e6,
                tp_mb);
     }
@@ -1078,8 +1084,8 @@ static void print_plan_(const Trainer *t, int world, int ranks_per_node, const c
 }
 
 /* Tensor parallelism: the split dimensions must divide by --tp (and d_model too: the column-split
- * o and wo are checkpointed as row blocks); PBLAS multiplies in fp32 only; one BLAS must serve
- * the process (ScaLAPACK's sgemm_ included). */
+ * o and wo are checkpointed as row blocks); PBLAS multiplies in fp32 only. (Options only: every
+ * rank decides the same.) */
 static int check_tp_(const Trainer *t, char *err, size_t errlen) {
     const TrainOptions *o = &t->o;
     if (o->tp <= 1) return 0;
@@ -1092,11 +1098,6 @@ static int check_tp_(const Trainer *t, char *err, size_t errlen) {
     if (!strcmp(o->tp_reduce, "pblas") && strcmp(o->precision, "fp32")) {
         set_error(err, errlen, "--tp-reduce pblas multiplies in fp32 only (PBLAS calls sgemm_); use --precision fp32 "
                   "or --tp-reduce mpi");
-        return -1;
-    }
-    char why[1024];
-    if (tp_blas_check(why, sizeof why)) {
-        set_error(err, errlen, "tensor parallelism needs one BLAS in the process: %s", why);
         return -1;
     }
     return 0;
@@ -1202,6 +1203,12 @@ int trainer_open(Trainer **out, TrainOptions *opts, MPI_Comm world) {
     }
     if (t5_config_validate(&t->cfg, err, sizeof err)) goto config_fail;
     if (check_tp_(t, err, sizeof err)) goto config_fail;
+    if (o->tp > 1) {   /* one BLAS in each process (ScaLAPACK's sgemm_ included): per rank, agreed */
+        char why[1024];
+        int bad = tp_blas_check(why, sizeof why) != 0;
+        if (bad) set_error(err, sizeof err, "tensor parallelism needs one BLAS in the process: %s", why);
+        if (agree_error_(t, bad, err)) { code = T5_EXIT_CONFIG; goto fail_quiet; }
+    }
     t->ranges = xcalloc((size_t)o->pp, sizeof *t->ranges);
     t->stage_cost = xcalloc((size_t)o->pp, sizeof(double));
     if (pp_split(&t->cfg, o->pp, o->pp_split, o->enc_len, o->dec_len, t->ranges, t->stage_cost, err, sizeof err))
@@ -1221,9 +1228,12 @@ int trainer_open(Trainer **out, TrainOptions *opts, MPI_Comm world) {
 
     /* model (this stage's tensors) and optimizer: the same seed on every rank gives identical
      * parameters, whatever the layout (initialisation is keyed by each tensor's global index) */
-    if (o->tp > 1 && tp_init(&t->tp, t->grid.tp, !strcmp(o->tp_reduce, "pblas") ? TP_REDUCE_PBLAS : TP_REDUCE_MPI,
-                             err, sizeof err))
-        goto config_fail;
+    if (agree_error_(t, o->tp > 1 && tp_init(&t->tp, t->grid.tp, !strcmp(o->tp_reduce, "pblas") ? TP_REDUCE_PBLAS
+                                                                                                 : TP_REDUCE_MPI,
+                                              err, sizeof err) != 0, err)) {
+        code = T5_EXIT_CONFIG;
+        goto fail_quiet;
+    }
     t5_model_build_stage_tp(&t->model, &t->cfg, &t->ranges[t->grid.pp_rank], o->tp > 1 ? &t->tp : NULL);
     t->model.recompute = t->recompute;
     t5_model_init_weights(&t->model, (uint64_t)o->seed);

@@ -4,7 +4,8 @@
 # xl-nl2: the xl width (d_model 1024, 32 heads of 128, d_ff 16384) cut to 2 + 2 blocks, sample
 # corpus, batch 4 x 128/32, fp32, STEPS steps (default 6; the first is left out of the medians).
 # Three runs on the same 2 cores: 1 process x 2 threads, --tp 2 x 1 thread with MPI_Allreduce sums,
-# --tp 2 x 1 thread with PBLAS sums. Prints per run the median step time, tokens/s, the time
+# --tp 2 x 1 thread with --tp-reduce pblas (the attention output products through psgemm, the rest by
+# MPI). Prints per run the median step time, tokens/s, the time
 # inside the tensor-parallel sums, the bytes summed per rank per step, peak RSS of rank 0 against
 # the estimate, and the ratios. Timings are only meaningful on an otherwise idle machine.
 source "$(dirname "$0")/e2e/lib.bash"
@@ -43,6 +44,6 @@ print("bench_tp: %-10s %8s %9s %10s %13s %9s %9s" % ("run", "step_s", "tokens/s"
 for k, r in res.items():
     print("bench_tp: %-10s %8.3f %9.0f %10.3f %13.1f %9.0f %9.0f" % (k, r["step"], r["tok"], r["tp_s"], r["tp_mb"], r["rss"], r["est"]))
 o, a, b = res["one"], res["tp2_mpi"], res["tp2_pblas"]
-print("bench_tp: tp 2 x 1 thread (MPI sums) / 1 x 2 threads: %.2fx the speed; PBLAS sums / MPI sums: %.2fx the step time; "
+print("bench_tp: tp 2 x 1 thread (MPI sums) / 1 x 2 threads: %.2fx the speed; --tp-reduce pblas / mpi: %.2fx the step time; "
       "rank-0 RSS tp 2 / tp 1: %.2f" % (o["step"] / a["step"], b["step"] / a["step"], a["rss"] / o["rss"]))
 EOF
