@@ -184,6 +184,8 @@ struct DataLoader {
     int n_touch;
     Stream *streams;       /* touched streams, increasing k */
     Cursor *saved;         /* position after the last returned batch */
+    Cursor *prev;          /* position before it (the previous `saved`: the arrays swap) */
+    int have_prev;         /* prev holds a boundary: a batch was returned since open/restore */
     DataLoaderStats saved_st;
     DataLoaderStats end_st; /* when status != 0: everything read, the failed batch included */
     long returned;         /* batches returned */
@@ -751,6 +753,7 @@ DataLoader *data_loader_open(const DataLoaderConfig *cfg, char *err, size_t errl
     for (int k = 0; k < K; k++) dl->n_touch += use[k];
     dl->streams = xcalloc((size_t)dl->n_touch, sizeof(Stream));
     dl->saved = xcalloc((size_t)dl->n_touch, sizeof(Cursor));
+    dl->prev = xcalloc((size_t)dl->n_touch, sizeof(Cursor));
     int F = dl->n_files, t = 0;
     for (int k = 0; k < K; k++) {
         if (!use[k]) continue;
@@ -772,6 +775,7 @@ DataLoader *data_loader_open(const DataLoaderConfig *cfg, char *err, size_t errl
         s->order = xcalloc((size_t)s->n_files, sizeof(int));
         cursor_init_(&s->c, P);
         cursor_init_(&dl->saved[t], P);
+        cursor_init_(&dl->prev[t], P);
         stream_set_epoch_(dl, s, 0);
         s->ex_in = xcalloc((size_t)P + 1, sizeof(int32_t));
         s->ex_tg = xcalloc((size_t)P + 1, sizeof(int32_t));
@@ -814,6 +818,15 @@ static void copy_batch_(T5Batch *dst, const T5Batch *src) {
     if (dst->dec_pos) memcpy(dst->dec_pos, src->dec_pos, nd);
 }
 
+/* Before `saved` moves to the next boundary: the current one becomes `prev` by swapping the
+ * arrays (no copy; the new `saved` is then overwritten in place, reusing prev's buffers). */
+static void keep_previous_(DataLoader *dl) {
+    Cursor *c = dl->prev;
+    dl->prev = dl->saved;
+    dl->saved = c;
+    dl->have_prev = 1;
+}
+
 int data_loader_next(DataLoader *dl, T5Batch *out, double *wait_seconds) {
     if (wait_seconds) *wait_seconds = 0;
     if (dl->status != 0) return dl->status;
@@ -831,6 +844,7 @@ int data_loader_next(DataLoader *dl, T5Batch *out, double *wait_seconds) {
             dl->status = st;
             return st;
         }
+        keep_previous_(dl);
         snapshot_(dl, dl->saved);
         collect_stats_(dl, &dl->saved_st);
         dl->returned++;
@@ -852,6 +866,7 @@ int data_loader_next(DataLoader *dl, T5Batch *out, double *wait_seconds) {
     int st = sl->status;
     if (st == 0) {
         copy_batch_(out, &sl->b);
+        keep_previous_(dl);
         for (int t = 0; t < dl->n_touch; t++) cursor_copy_(&dl->saved[t], &sl->cur[t], dl->P);
         dl->saved_st = sl->st;
         dl->returned++;
@@ -1038,7 +1053,7 @@ static SeekRef *seek_from_json_(json_t *o, char *err, size_t errlen) {
     return r;
 }
 
-static json_t *cursor_header_(const DataLoader *dl) {
+static json_t *cursor_header_(const DataLoader *dl, long batches) {
     char seed[32], fh[32];
     snprintf(seed, sizeof seed, "%016llx", (unsigned long long)dl->seed);
     snprintf(fh, sizeof fh, "%016llx", (unsigned long long)dl->files_hash);
@@ -1046,13 +1061,14 @@ static json_t *cursor_header_(const DataLoader *dl) {
                      "format", "t5data-cursor", "version", CURSOR_VERSION, "seed", seed, "n_streams", dl->K,
                      "global_batch", dl->B, "enc_len", dl->Le, "dec_len", dl->Ld,
                      "n_files", dl->n_files, "files_hash", fh, "batches",
-                     (json_int_t)dl->returned);
+                     (json_int_t)batches);
 }
 
-char *data_loader_cursor_save(DataLoader *dl, size_t *len) {
-    json_t *root = cursor_header_(dl), *arr = json_array();
+/* The JSON of the boundary cur[0..n_touch) after `batches` batches. */
+static char *cursor_json_(DataLoader *dl, const Cursor *cur, long batches, size_t *len) {
+    json_t *root = cursor_header_(dl, batches), *arr = json_array();
     for (int t = 0; t < dl->n_touch; t++) {
-        const Cursor *c = &dl->saved[t];
+        const Cursor *c = &cur[t];
         json_t *o = json_pack("{s:i, s:i, s:i, s:I, s:i, s:I, s:I, s:I, s:i, s:I}",
                               "k", dl->streams[t].k, "epoch", c->epoch, "slot", c->slot,
                               "doc", (json_int_t)c->doc, "group_docs", c->group_docs,
@@ -1073,8 +1089,8 @@ char *data_loader_cursor_save(DataLoader *dl, size_t *len) {
     /* splice the windows in (no other string of a cursor can hold the mark: hex, names) */
     size_t n = strlen(s), extra = 0;
     for (int t = 0; t < dl->n_touch; t++)
-        if (dl->saved[t].seek && dl->saved[t].seek->sp.window_len)
-            extra += strlen(seek_window_b64_(dl->saved[t].seek));
+        if (cur[t].seek && cur[t].seek->sp.window_len)
+            extra += strlen(seek_window_b64_(cur[t].seek));
     if (extra) {
         char *out = xmalloc(n + extra + 1), *o = out;
         const char *p = s, *m;
@@ -1083,9 +1099,9 @@ char *data_loader_cursor_save(DataLoader *dl, size_t *len) {
             o += m - p;
             char *end;
             long t = strtol(m + strlen(WINDOW_MARK), &end, 10);
-            if (t < 0 || t >= dl->n_touch || !dl->saved[t].seek)
+            if (t < 0 || t >= dl->n_touch || !cur[t].seek)
                 FATAL(NULL, "data cursor: bad window mark");
-            const char *b = seek_window_b64_(dl->saved[t].seek);
+            const char *b = seek_window_b64_(cur[t].seek);
             size_t bl = strlen(b);
             memcpy(o, b, bl);
             o += bl;
@@ -1100,6 +1116,18 @@ char *data_loader_cursor_save(DataLoader *dl, size_t *len) {
     }
     if (len) *len = n;
     return s;
+}
+
+char *data_loader_cursor_save(DataLoader *dl, size_t *len) {
+    return cursor_json_(dl, dl->saved, dl->returned, len);
+}
+
+char *data_loader_cursor_save_previous(DataLoader *dl, size_t *len) {
+    if (!dl->have_prev) {
+        if (len) *len = (size_t)-1;
+        return NULL;
+    }
+    return cursor_json_(dl, dl->prev, dl->returned - 1, len);
 }
 
 /* Header fields that must match between a cursor and a loader (or two cursors). */
@@ -1183,7 +1211,7 @@ int data_loader_cursor_restore(DataLoader *dl, const char *buf, size_t len, char
         return -1;
     }
     long saved_returned = dl->returned;
-    json_t *mine = cursor_header_(dl);
+    json_t *mine = cursor_header_(dl, dl->returned);
     json_object_set(mine, "batches", json_object_get(root, "batches"));
     json_t *ver = json_object_get(root, "version");
     if (json_is_integer(ver) && json_integer_value(ver) >= 1 &&
@@ -1230,6 +1258,7 @@ int data_loader_cursor_restore(DataLoader *dl, const char *buf, size_t len, char
             s->have_ex = 0;
         }
         dl->returned = (long)json_integer_value(batches);
+        dl->have_prev = 0;
         dl->status = 0;
         dl->err[0] = 0;
     } else {
@@ -1337,6 +1366,7 @@ void data_loader_close(DataLoader *dl) {
         if (s->reader) c4_reader_close(s->reader);
         cursor_free_(&s->c);
         cursor_free_(&dl->saved[t]);
+        cursor_free_(&dl->prev[t]);
         seek_unref_(s->spare);
         free(s->files); free(s->order); free(s->ex_in); free(s->ex_tg); free(s->mask);
         free(s->mask_scratch);
@@ -1344,6 +1374,7 @@ void data_loader_close(DataLoader *dl) {
     free(dl->tok);
     free(dl->streams);
     free(dl->saved);
+    free(dl->prev);
     t5_batch_free(&dl->discard);
     if (dl->spm) spm_close(dl->spm);
     data_free_files(dl->files, dl->n_files);

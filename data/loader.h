@@ -147,6 +147,14 @@ const char *data_loader_error(const DataLoader *dl);
  * (not NUL-counted in *len, but NUL-terminated); caller frees. */
 char *data_loader_cursor_save(DataLoader *dl, size_t *len);
 
+/* The cursor of the batch boundary BEFORE the last batch returned by data_loader_next: byte for
+ * byte what data_loader_cursor_save returned just before that call (so "batches" is one less).
+ * Cheap to keep: the loader swaps its saved-position copies, nothing is serialised until this
+ * is called (the trainer calls it only to checkpoint a step that failed after its batch came).
+ * NULL (and *len = (size_t)-1) when no batch was returned since open or the last restore.
+ * Malloc'ed, NUL-terminated; caller frees. */
+char *data_loader_cursor_save_previous(DataLoader *dl, size_t *len);
+
 /* Continue from a saved cursor (any time; a running prefetch thread is stopped and queued
  * batches discarded). The cursor must come from the same files (basenames), seed, B, K and
  * lengths and contain every stream this rank uses. Returns 0, or -1 with a message in err and

@@ -71,8 +71,9 @@ struct Trainer {
     DataLoader *loader;          /* NULL when synthetic */
     int synthetic_pieces, sentinel_top;
     T5Batch local;
-    char *cursor_before;         /* the data cursor at the start of the current step */
-    int step_failed;             /* the current step failed: checkpoints use cursor_before */
+    long batches_before;         /* loader batches returned at the start of the current step */
+    int step_failed;             /* the current step failed: checkpoints use the data position
+                                    of its start (before its batch, if this rank got it) */
     int auto_threads, auto_micro, auto_recompute;   /* resolved from "auto" (resume re-plans them) */
     int background_saves;        /* MPI gives MPI_THREAD_MULTIPLE */
     /* progress */
@@ -462,8 +463,7 @@ int trainer_step(Trainer *t) {
     memset(&r, 0, sizeof r);
     mpi_check_set_step(t->step);
     double t0 = now_seconds();
-    free(t->cursor_before);
-    t->cursor_before = t->loader ? data_loader_cursor_save(t->loader, NULL) : NULL;
+    t->batches_before = t->loader ? data_loader_batches(t->loader) : 0;
     int rc = next_batch_(t, &r.wait_s);
     int status[2] = {rc, rc < 0};
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, status, 2, MPI_INT, MPI_MAX, t->grid.world));
@@ -802,8 +802,9 @@ int trainer_save(Trainer *t, int background) {
         t->pending_save = NULL;
     }
     /* after a failed step the state is that of the last completed step, data position included */
-    char *cursor_now = !t->loader ? NULL : t->step_failed && t->cursor_before ? xstrdup(t->cursor_before)
-                                                                           : data_loader_cursor_save(t->loader, NULL);
+    int before = t->loader && t->step_failed && data_loader_batches(t->loader) > t->batches_before;
+    char *cursor_now = !t->loader ? NULL : before ? data_loader_cursor_save_previous(t->loader, NULL)
+                                                  : data_loader_cursor_save(t->loader, NULL);
     char *cursor = merged_cursor_(t, cursor_now);
     free(cursor_now);
     int cap = 3 * t->model.num_tensors + 1, n = 0;
@@ -1558,7 +1559,6 @@ void trainer_close(Trainer *t) {
     if (t->loader) data_loader_close(t->loader);
     data_free_files(t->files, t->n_files);
     data_free_files(t->val_files, t->n_val_files);
-    free(t->cursor_before);
     gemm_release();
     if (t->grid.world != MPI_COMM_NULL && t->grid.size > 0) grid_free(&t->grid);
     free(t);
