@@ -228,3 +228,23 @@ else fail second_signal_ends_at_once "rc=$rc after $((SECONDS - t0)) s"; fi
 msg=$("$BIN/t5eval" --model "$T/one" --batch "$T/batch0" --threads 1 2>&1); rc=$?
 if [ "$rc" -ne 0 ] && echo "$msg" | grep -q "weights are in $T/one/final"; then pass run_dir_hint_names_final
 else fail run_dir_hint_names_final "rc=$rc: $msg"; fi
+
+# --- a non-finite gradient mid-run: the checkpoint of the last completed step holds the data
+# position after that step's batch (data_loader_cursor_save_previous), the same bytes a run that
+# simply ended there saves. The cursor depends on the data only, so a clean run of that many steps
+# (another schedule, so other weights) must hold the identical data_cursor piece.
+NF=(--variant tiny-nl2 --data "$DATA" --spm "$SPM" --batch 4 --enc-len 128 --dec-len 32 --precision fp32
+    --threads 1 --seed 3 --lr-schedule cosine)
+"$BIN/t5pretrain" "${NF[@]}" --lr 1000 --steps 10 --run-dir "$T/nonfinite" >"$T/nonfinite.log" 2>&1; rc=$?
+k=$(sed -n 's/^step_0*//p' "$T/nonfinite/ckpt/latest" 2>/dev/null)
+if [ "$rc" -eq 1 ] && grep -q "non-finite gradient" "$T/nonfinite.log" && [ -n "$k" ] && [ "$k" -ge 1 ]; then
+    "$BIN/t5pretrain" "${NF[@]}" --lr 0.01 --steps "$k" --run-dir "$T/nf_clean" >"$T/nf_clean.log" 2>&1
+    cursor_sum() { /usr/bin/python3 -c "
+import json, sys
+m = json.load(open(sys.argv[1]))
+print([p['xxh64'] for t in m['tensors'] if t['name'] == 'data_cursor' for p in t['pieces']])" "$1"; }
+    a=$(cursor_sum "$T/nonfinite/ckpt/$(cat "$T/nonfinite/ckpt/latest")/manifest.json")
+    b=$(cursor_sum "$T/nf_clean/ckpt/$(cat "$T/nf_clean/ckpt/latest")/manifest.json")
+    if [ -n "$a" ] && [ "$a" != "[]" ] && [ "$a" = "$b" ]; then pass nonfinite_step_saves_data_position_of_last_step
+    else fail nonfinite_step_saves_data_position_of_last_step "data_cursor $a vs clean run of $k steps $b"; fi
+else fail nonfinite_step_saves_data_position_of_last_step "rc=$rc, latest step '$k': $(grep error "$T/nonfinite.log" | head -2)"; fi
