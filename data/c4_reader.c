@@ -258,6 +258,16 @@ static la_ssize_t dec_archive_in_(struct archive *a, void *ud, const void **buf)
     return (la_ssize_t)n;
 }
 
+/* A zstd decoder at the start of a frame (of the file, or of a seek point). */
+static void zstd_dec_start_(Dec *d) {
+    d->zs = ZSTD_createDStream();
+    if (!d->zs) FATAL(NULL, "ZSTD_createDStream failed (out of memory?)");
+    ZSTD_initDStream(d->zs);
+    d->out_cap = DEC_ZSTD_OUT;
+    d->zp = ZP_MAGIC;
+    d->zh_need = 4;
+}
+
 /* Look at the first bytes and set up the decoder. Returns 0, or -1 on failure (recorded). */
 static int dec_start_(Dec *d) {
     d->started = 1;
@@ -302,12 +312,7 @@ static int dec_start_(Dec *d) {
         d->out_cap = DEC_OUT_BLOCK;
         break;
     case DEC_ZSTD:
-        d->zs = ZSTD_createDStream();
-        if (!d->zs) FATAL(NULL, "ZSTD_createDStream failed (out of memory?)");
-        ZSTD_initDStream(d->zs);
-        d->out_cap = DEC_ZSTD_OUT;
-        d->zp = ZP_MAGIC;
-        d->zh_need = 4;
+        zstd_dec_start_(d);
         break;
     case DEC_OTHER: {
         d->ar = archive_read_new();
@@ -1374,12 +1379,7 @@ C4Reader *c4_reader_open_at(const char *path, const C4ReaderOptions *opts, const
         d->z_len = sp->member_len;
     } else if (sp->kind == C4_SEEK_ZSTD) {
         d->kind = DEC_ZSTD;
-        d->zs = ZSTD_createDStream();
-        if (!d->zs) FATAL(NULL, "ZSTD_createDStream failed (out of memory?)");
-        ZSTD_initDStream(d->zs);
-        d->out_cap = DEC_ZSTD_OUT;
-        d->zp = ZP_MAGIC;
-        d->zh_need = 4;
+        zstd_dec_start_(d);
     } else {
         d->kind = DEC_PLAIN;
     }
