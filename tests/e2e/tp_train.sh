@@ -51,18 +51,25 @@ EOF
     then pass "$name"; else fail "$name" "$(grep -h error "$dir.log" | tail -2)"; fi
 }
 
+# One model in both T5 versions: the reference run ($T/<ref><v>), then tp 2, tp 2 x dp 2 and
+# tp 2 x pp 2 ($T/<pre>tp2_<v>, <pre>tp2dp2_<v>, <pre>tp2pp2_<v>) compared with it.
+layouts() {  # tag (in the check names) ref pre, then the model's options
+    local tag=$1 ref=$2 pre=$3 v s; shift 3
+    for v in 1.0 1.1; do
+        s=${v/./}
+        "$BIN/t5pretrain" "$@" --t5-version $v --run-dir "$T/$ref$s" >"$T/$ref$s.log" 2>&1 ||
+            fail "tp${tag}_reference_v$s" "$(tail -3 "$T/$ref$s.log")"
+        mpi 2 "$BIN/t5pretrain" "$@" --t5-version $v --tp 2 --run-dir "$T/${pre}tp2_$s" >"$T/${pre}tp2_$s.log" 2>&1
+        compare "tp2${tag}_equals_one_process_v$s" "$T/$ref$s" "$T/${pre}tp2_$s"
+        mpi 4 "$BIN/t5pretrain" "$@" --t5-version $v --tp 2 --run-dir "$T/${pre}tp2dp2_$s" >"$T/${pre}tp2dp2_$s.log" 2>&1
+        compare "tp2_dp2${tag}_equals_one_process_v$s" "$T/$ref$s" "$T/${pre}tp2dp2_$s"
+        mpi 4 "$BIN/t5pretrain" "$@" --t5-version $v --tp 2 --pp 2 --run-dir "$T/${pre}tp2pp2_$s" >"$T/${pre}tp2pp2_$s.log" 2>&1
+        compare "tp2_pp2${tag}_equals_one_process_v$s" "$T/$ref$s" "$T/${pre}tp2pp2_$s"
+    done
+}
+
 # --- tiny-nl2: the whole matrix of layouts, both T5 versions -------------------------------------
-for v in 1.0 1.1; do
-    s=${v/./}
-    "$BIN/t5pretrain" "${TINY[@]}" --t5-version $v --run-dir "$T/one$s" >"$T/one$s.log" 2>&1 ||
-        fail "tp_reference_v$s" "$(tail -3 "$T/one$s.log")"
-    mpi 2 "$BIN/t5pretrain" "${TINY[@]}" --t5-version $v --tp 2 --run-dir "$T/tp2_$s" >"$T/tp2_$s.log" 2>&1
-    compare "tp2_equals_one_process_v$s" "$T/one$s" "$T/tp2_$s"
-    mpi 4 "$BIN/t5pretrain" "${TINY[@]}" --t5-version $v --tp 2 --run-dir "$T/tp2dp2_$s" >"$T/tp2dp2_$s.log" 2>&1
-    compare "tp2_dp2_equals_one_process_v$s" "$T/one$s" "$T/tp2dp2_$s"
-    mpi 4 "$BIN/t5pretrain" "${TINY[@]}" --t5-version $v --tp 2 --pp 2 --run-dir "$T/tp2pp2_$s" >"$T/tp2pp2_$s.log" 2>&1
-    compare "tp2_pp2_equals_one_process_v$s" "$T/one$s" "$T/tp2pp2_$s"
-done
+layouts "" one "" "${TINY[@]}"
 mpi 4 "$BIN/t5pretrain" "${TINY[@]}" --tp 2 --zero 1 --run-dir "$T/tp2zero" >"$T/tp2zero.log" 2>&1
 compare tp2_dp2_zero1_equals_one_process "$T/one10" "$T/tp2zero"
 mpi 2 "$BIN/t5pretrain" "${TINY[@]}" --tp 2 --tp-reduce pblas --run-dir "$T/tp2pblas" >"$T/tp2pblas.log" 2>&1
@@ -93,17 +100,7 @@ mpi 2 "$BIN/t5pretrain" --resume --run-dir "$T/re_b" --tp 2 --steps 20 >"$T/re_b
 compare tp1_checkpoint_resumes_at_tp2 "$T/one10" "$T/re_b"
 
 # --- the wide model: tp 2, tp 2 x dp 2, tp 2 x pp 2 in both versions, and its final weights --------
-for v in 1.0 1.1; do
-    s=${v/./}
-    "$BIN/t5pretrain" "${WIDE[@]}" --t5-version $v --run-dir "$T/wide$s" >"$T/wide$s.log" 2>&1 ||
-        fail "tp_wide_reference_v$s" "$(tail -3 "$T/wide$s.log")"
-    mpi 2 "$BIN/t5pretrain" "${WIDE[@]}" --t5-version $v --tp 2 --run-dir "$T/wide_tp2_$s" >"$T/wide_tp2_$s.log" 2>&1
-    compare "tp2_wide_equals_one_process_v$s" "$T/wide$s" "$T/wide_tp2_$s"
-    mpi 4 "$BIN/t5pretrain" "${WIDE[@]}" --t5-version $v --tp 2 --run-dir "$T/wide_tp2dp2_$s" >"$T/wide_tp2dp2_$s.log" 2>&1
-    compare "tp2_dp2_wide_equals_one_process_v$s" "$T/wide$s" "$T/wide_tp2dp2_$s"
-    mpi 4 "$BIN/t5pretrain" "${WIDE[@]}" --t5-version $v --tp 2 --pp 2 --run-dir "$T/wide_tp2pp2_$s" >"$T/wide_tp2pp2_$s.log" 2>&1
-    compare "tp2_pp2_wide_equals_one_process_v$s" "$T/wide$s" "$T/wide_tp2pp2_$s"
-done
+layouts _wide wide wide_ "${WIDE[@]}"
 if /usr/bin/python3 - "$T/wide11/final/model.safetensors" "$T/wide_tp2_11/final/model.safetensors" <<'EOF'
 import array, json, struct, sys
 def load(p):
