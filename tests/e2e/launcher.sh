@@ -11,14 +11,6 @@ export OMP_NUM_THREADS=1
 RUN=("$ROOT/jobs/t5run" -np 2 --oversubscribe --)
 SLOW=(--variant tiny --synthetic --batch 8 --threads 1 --precision fp32 --steps 100000)
 
-wait_lines() {  # wait_lines FILE N: until FILE has N lines (60 s at most)
-    for _ in $(seq 1 600); do
-        [ -f "$1" ] && [ "$(wc -l < "$1")" -ge "$2" ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
-latest_step() { sed -n 's/^step_0*\([0-9]\)/\1/p' "$1/ckpt/latest" 2>/dev/null; }
 
 # --- the launcher passes the trainer's exit code through --------------------------------------
 msg=$("${RUN[@]}" --variant smal --synthetic --run-dir "$T/bad" 2>&1); rc=$?

@@ -11,3 +11,12 @@ check() {  # check NAME command...: PASS if the command succeeds
     if "$@"; then pass "$name"; else fail "$name" "command failed: $*"; fi
 }
 tmpdir() { mktemp -d "${TMPDIR:-/tmp}/t5test.XXXXXX"; }
+# latest_step RUN_DIR: the step RUN_DIR/ckpt/latest names (empty if none)
+latest_step() { sed -n 's/^step_0*\([0-9]\)/\1/p' "$1/ckpt/latest" 2>/dev/null; }
+wait_lines() {  # wait_lines FILE N: until FILE has N lines (60 s at most)
+    for _ in $(seq 1 1200); do
+        [ -f "$1" ] && [ "$(wc -l < "$1")" -ge "$2" ] && return 0
+        sleep 0.05
+    done
+    return 1
+}

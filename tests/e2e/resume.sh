@@ -58,14 +58,6 @@ if mode == "close":
     print("largest relative differences over %d steps: %s" % (len(a), ", ".join("%s %.2g" % kv for kv in sorted(worst.items()))))
 EOF
 }
-latest_step() { sed -n 's/^step_0*\([0-9]\)/\1/p' "$1/ckpt/latest" 2>/dev/null; }
-wait_lines() {  # wait_lines FILE N: until FILE has N lines (60 s at most)
-    for _ in $(seq 1 1200); do
-        [ -f "$1" ] && [ "$(wc -l < "$1")" -ge "$2" ] && return 0
-        sleep 0.05
-    done
-    return 1
-}
 same_weights() { cmp -s "$1/final/model.safetensors" "$2/final/model.safetensors"; }
 
 # --- the straight run every other is compared with (checkpoints every 4 steps, in the background)

@@ -22,14 +22,6 @@ SPM=data/sample/spiece.model
 DATA='data/sample/c4-train.*.json.gz'
 VAL='data/sample/c4-validation.*.json.gz'
 C=(--variant tiny-nl2 --enc-len 128 --dec-len 32 --batch 4 --precision fp32 --threads 1 --seed 7 --spm "$SPM")
-latest_step() { sed -n 's/^step_0*\([0-9]\)/\1/p' "$1/ckpt/latest" 2>/dev/null; }
-wait_lines() {  # wait_lines FILE N: until FILE has N lines (60 s at most)
-    for _ in $(seq 1 1200); do
-        [ -f "$1" ] && [ "$(wc -l < "$1")" -ge "$2" ] && return 0
-        sleep 0.05
-    done
-    return 1
-}
 
 # --- kill -9 at random instants; every latest checkpoint verifies; the end is bit for bit ----------
 # The killed run asks for many steps (so no incarnation finishes, however fast the machine); after

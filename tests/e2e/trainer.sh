@@ -236,7 +236,7 @@ else fail run_dir_hint_names_final "rc=$rc: $msg"; fi
 NF=(--variant tiny-nl2 --data "$DATA" --spm "$SPM" --batch 4 --enc-len 128 --dec-len 32 --precision fp32
     --threads 1 --seed 3 --lr-schedule cosine)
 "$BIN/t5pretrain" "${NF[@]}" --lr 1000 --steps 10 --run-dir "$T/nonfinite" >"$T/nonfinite.log" 2>&1; rc=$?
-k=$(sed -n 's/^step_0*//p' "$T/nonfinite/ckpt/latest" 2>/dev/null)
+k=$(latest_step "$T/nonfinite")
 if [ "$rc" -eq 1 ] && grep -q "non-finite gradient" "$T/nonfinite.log" && [ -n "$k" ] && [ "$k" -ge 1 ]; then
     "$BIN/t5pretrain" "${NF[@]}" --lr 0.01 --steps "$k" --run-dir "$T/nf_clean" >"$T/nf_clean.log" 2>&1
     cursor_sum() { /usr/bin/python3 -c "
